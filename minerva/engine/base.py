@@ -1,0 +1,104 @@
+"""The engine contract: what services need from any inference backend."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from minerva.formats.model_info import ModelInfo
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-sequence sampling settings; each sequence gets its own sampler built from these."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables top-k
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+    penalty_last_n: int = 64
+    seed: int | None = None  # None: a fresh random seed per request
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    grammar: str | None = None  # GBNF text, root rule "root"
+    logprobs: bool = False
+    top_logprobs: int = 0  # how many alternatives to report per token (0..20)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One sequence to generate: prompt token ids, a budget and its sampling."""
+
+    prompt_tokens: tuple[int, ...]
+    max_tokens: int
+    sampling: SamplingParams = SamplingParams()
+    session_key: str | None = None  # x-session-affinity / x-session-id, to prefer a warm slot
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A candidate token and its log-probability."""
+
+    token_id: int
+    piece: bytes
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One sampled token. `piece` is raw bytes: a UTF-8 character may span several tokens."""
+
+    token_id: int
+    piece: bytes
+    logprob: float | None = None
+    top_logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationEnd:
+    """The last event of a sequence."""
+
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+GenerationEvent = TokenEvent | GenerationEnd
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A loaded model that can tokenize, generate token streams and embed."""
+
+    info: ModelInfo
+    n_ctx: int  # tokens one sequence may hold (prompt + completion)
+    bos_token: str
+    eos_token: str
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """Text to token ids (add_special: prepend BOS when the model wants one)."""
+        ...
+
+    def token_piece(self, token_id: int) -> bytes:
+        """The raw bytes of one token."""
+        ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Stream TokenEvents then one GenerationEnd. Closing the iterator cancels the sequence."""
+        ...
+
+    async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        """One pooled embedding per input token list."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """Live counters: active/total slots, queued requests, cached tokens reused."""
+        ...
+
+    def close(self) -> None:
+        """Free the model and its memory; pending sequences end with an error."""
+        ...
