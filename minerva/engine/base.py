@@ -67,7 +67,15 @@ class GenerationEnd:
     cached_tokens: int = 0
 
 
-GenerationEvent = TokenEvent | GenerationEnd
+@dataclass(frozen=True)
+class PromptProcessed:
+    """Optional first event: the prompt is in the KV cache (cached_tokens of it were reused)."""
+
+    prompt_tokens: int
+    cached_tokens: int
+
+
+GenerationEvent = PromptProcessed | TokenEvent | GenerationEnd
 
 
 @runtime_checkable

@@ -1,0 +1,170 @@
+"""Loaded engines: load on first use (once), unload when idle or to stay under a memory budget."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from minerva.engine.base import Engine
+from minerva.errors import MinervaError, ModelLoadError
+from minerva.registry import RegisteredModel
+from minerva.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# One registry of engines, keyed by model format; modules import heavy backends only when loaded.
+ENGINES: dict[str, str] = {
+    "gguf": "minerva.engine.llamacpp:LlamaCppEngine",
+    "safetensors": "minerva.engine.transformers_engine:TransformersEngine",
+}
+
+EngineLoader = Callable[[RegisteredModel, Settings], Engine]
+
+
+def load_engine(model: RegisteredModel, settings: Settings) -> Engine:
+    """Import the engine for the model's format and load the model with the server's settings."""
+    module_name, _, class_name = ENGINES[model.info.format].partition(":")
+    try:
+        engine_cls = getattr(importlib.import_module(module_name), class_name)
+    except ImportError as exc:
+        raise ModelLoadError(f"no engine available for {model.info.format} models: {exc}") from exc
+    return engine_cls.load(
+        model.info,
+        n_ctx=settings.n_ctx,
+        n_slots=settings.n_slots,
+        n_threads=settings.n_threads,
+        n_batch=settings.n_batch,
+        queue_limit=settings.queue_limit,
+    )
+
+
+def estimate_memory_bytes(model: RegisteredModel, settings: Settings) -> int:
+    """What a loaded model will hold: its weights plus a KV cache for every slot (f16)."""
+    info = model.info
+    n_ctx = settings.n_ctx or min(info.context_length or 4096, 32768)
+    layers = info.block_count or 24
+    width = info.embedding_length or 1024
+    kv = 2 * 2 * layers * width * n_ctx * max(1, settings.n_slots)
+    return info.file_size_bytes + kv
+
+
+def physical_memory_bytes() -> int:
+    """Installed RAM, from sysconf."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 8 * 1024**3
+
+
+@dataclass
+class _Loaded:
+    engine: Engine
+    fingerprint: tuple[int, int]
+    memory_bytes: int
+    last_used: float = field(default_factory=time.monotonic)
+    in_use: int = 0
+
+
+class EnginePool:
+    """Owns every loaded engine of one server; all state lives on the instance."""
+
+    def __init__(self, settings: Settings, loader: EngineLoader = load_engine):
+        self._settings = settings
+        self._loader = loader
+        self._loaded: dict[str, _Loaded] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        budget_mb = settings.memory_budget_mb
+        self._budget = budget_mb * 1024**2 if budget_mb else int(physical_memory_bytes() * 0.8)
+
+    def is_loaded(self, model_id: str) -> bool:
+        """Whether the model is in memory now."""
+        return model_id in self._loaded
+
+    def loaded(self) -> dict[str, Engine]:
+        """The loaded engines by model id."""
+        return {model_id: entry.engine for model_id, entry in self._loaded.items()}
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Estimated memory of each loaded model."""
+        return {model_id: entry.memory_bytes for model_id, entry in self._loaded.items()}
+
+    @contextlib.asynccontextmanager
+    async def use(self, model: RegisteredModel) -> AsyncIterator[Engine]:
+        """The model's engine, loaded if needed, kept from unloading while the block runs."""
+        entry = await self._ensure_loaded(model)
+        entry.in_use += 1
+        entry.last_used = time.monotonic()
+        try:
+            yield entry.engine
+        finally:
+            entry.in_use -= 1
+            entry.last_used = time.monotonic()
+
+    async def _ensure_loaded(self, model: RegisteredModel) -> _Loaded:
+        lock = self._locks.setdefault(model.id, asyncio.Lock())
+        async with lock:
+            entry = self._loaded.get(model.id)
+            if entry and entry.fingerprint == model.fingerprint:
+                return entry
+            if entry:  # the file changed on disk: serve the new one
+                logger.info("model %s changed on disk; reloading", model.id)
+                await self._unload(model.id)
+            need = estimate_memory_bytes(model, self._settings)
+            await self._make_room(need, keep=model.id)
+            started = time.monotonic()
+            logger.info("loading model %s (%s, %.1f MB)", model.id, model.info.format, model.info.file_size_mb)
+            try:
+                engine = await asyncio.to_thread(self._loader, model, self._settings)
+            except MinervaError:
+                raise
+            except Exception as exc:  # a backend failure we did not foresee: still this model's only
+                logger.exception("loading model %s failed", model.id)
+                raise ModelLoadError(f"model '{model.id}' failed to load: {exc}") from exc
+            logger.info("loaded model %s in %.2f s", model.id, time.monotonic() - started)
+            entry = _Loaded(engine, model.fingerprint, need)
+            self._loaded[model.id] = entry
+            return entry
+
+    async def _make_room(self, need: int, keep: str) -> None:
+        while self._loaded and sum(e.memory_bytes for e in self._loaded.values()) + need > self._budget:
+            idle = [(e.last_used, mid) for mid, e in self._loaded.items() if e.in_use == 0 and mid != keep]
+            if not idle:
+                return  # everything loaded is busy: try anyway rather than refuse
+            _, victim = min(idle)
+            logger.info("unloading model %s to make room", victim)
+            await self._unload(victim)
+
+    async def _unload(self, model_id: str) -> None:
+        entry = self._loaded.pop(model_id, None)
+        if entry is not None:
+            await asyncio.to_thread(entry.engine.close)
+
+    async def unload_idle(self, now: float | None = None) -> list[str]:
+        """Unload models unused for longer than the idle TTL; returns their ids."""
+        ttl = self._settings.idle_ttl_s
+        if ttl <= 0:
+            return []
+        now = time.monotonic() if now is None else now
+        stale = [mid for mid, e in self._loaded.items() if e.in_use == 0 and now - e.last_used > ttl]
+        for model_id in stale:
+            logger.info("unloading idle model %s", model_id)
+            await self._unload(model_id)
+        return stale
+
+    async def run_idle_reaper(self) -> None:
+        """Background task: check for idle models periodically."""
+        interval = max(1.0, min(60.0, self._settings.idle_ttl_s / 4 or 60.0))
+        while True:
+            await asyncio.sleep(interval)
+            await self.unload_idle()
+
+    async def close(self) -> None:
+        """Unload everything."""
+        for model_id in list(self._loaded):
+            await self._unload(model_id)

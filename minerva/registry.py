@@ -1,0 +1,187 @@
+"""The model registry: stable ids → ModelInfo, from directories, explicit registrations and the default."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from minerva.errors import ModelFormatError, ModelNotFoundError
+from minerva.formats.detect import discover_models, read_model_info
+from minerva.formats.model_info import ModelInfo
+
+logger = logging.getLogger(__name__)
+
+SPLIT_SUFFIX = re.compile(r"-\d{5}-of-\d{5}$", re.IGNORECASE)
+MODEL_SUFFIXES = (".gguf", ".safetensors")
+
+Fingerprint = tuple[int, int]  # (total size, newest mtime in ns)
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A model the server can serve: its id, where it came from and its header metadata."""
+
+    id: str
+    info: ModelInfo
+    source: str  # "explicit", "default" or "dir"
+    fingerprint: Fingerprint
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    path: Path
+    explicit_id: str
+    source: str
+    priority: int
+
+
+def derive_model_id(path: Path) -> str:
+    """Id from a file or directory name: lowercase, model suffixes and split suffixes dropped."""
+    name = path.name
+    for suffix in MODEL_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    name = SPLIT_SUFFIX.sub("", name)
+    return name.strip().lower() or "model"
+
+
+def fingerprint_of(path: Path) -> Fingerprint | None:
+    """(size, mtime) of a model file, or summed over a directory's files; None when it is gone."""
+    try:
+        if path.is_dir():
+            size, newest = 0, 0
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    if entry.is_file():
+                        st = entry.stat()
+                        size += st.st_size
+                        newest = max(newest, st.st_mtime_ns)
+            return size, newest
+        st = path.stat()
+        if SPLIT_SUFFIX.search(path.stem):
+            size, newest = 0, 0
+            prefix = SPLIT_SUFFIX.sub("", path.stem)
+            for sibling in path.parent.glob(f"{glob_escape(prefix)}-*-of-*{path.suffix}"):
+                sst = sibling.stat()
+                size += sst.st_size
+                newest = max(newest, sst.st_mtime_ns)
+            return size, newest
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return None
+
+
+def glob_escape(text: str) -> str:
+    """Escape glob metacharacters in a literal file-name prefix."""
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def _disambiguate(base: str, path: Path) -> str:
+    return f"{base}-{hashlib.sha1(str(path).encode()).hexdigest()[:6]}"
+
+
+class ModelRegistry:
+    """Resolves model ids; rescans its directories on every listing, reparsing only changed files."""
+
+    def __init__(
+        self,
+        models_dirs: Iterable[Path] = (),
+        explicit: dict[str, Path] | None = None,
+        default_model: Path | None = None,
+        default_model_id: str = "smollm2-135m-instruct",
+    ):
+        self._dirs = [Path(d) for d in models_dirs]
+        self._explicit = dict(explicit or {})
+        self._default = (default_model_id, default_model) if default_model else None
+        self._infos: dict[Path, tuple[Fingerprint, ModelInfo]] = {}
+        self._failures: dict[Path, tuple[Fingerprint, str]] = {}
+        self._snapshot: tuple[tuple, dict[str, RegisteredModel]] | None = None
+
+    def _candidates(self) -> list[_Candidate]:
+        found: list[_Candidate] = []
+        for model_id, path in sorted(self._explicit.items()):
+            found.append(_Candidate(path, model_id, "explicit", 0))
+        if self._default:
+            found.append(_Candidate(self._default[1], self._default[0], "default", 1))
+        for index, directory in enumerate(self._dirs):
+            if not directory.is_dir():
+                continue
+            try:
+                roots = discover_models(directory)
+            except (OSError, ModelFormatError) as exc:
+                logger.warning("cannot scan %s: %s", directory, exc)
+                continue
+            for root in sorted(roots):
+                found.append(_Candidate(root, "", "dir", 2 + index))
+        return found
+
+    def _info_for(self, path: Path, fingerprint: Fingerprint) -> ModelInfo | None:
+        cached = self._infos.get(path)
+        if cached and cached[0] == fingerprint:
+            return cached[1]
+        failed = self._failures.get(path)
+        if failed and failed[0] == fingerprint:
+            return None
+        try:
+            info = read_model_info(path)
+        except ModelFormatError as exc:
+            logger.warning("skipping model %s: %s", path, exc.reason)
+            self._failures[path] = (fingerprint, exc.reason)
+            self._infos.pop(path, None)
+            return None
+        except OSError as exc:
+            logger.warning("skipping model %s: %s", path, exc)
+            self._failures[path] = (fingerprint, str(exc))
+            return None
+        self._infos[path] = (fingerprint, info)
+        self._failures.pop(path, None)
+        return info
+
+    def _scan(self) -> dict[str, RegisteredModel]:
+        candidates = self._candidates()
+        fingerprints = [(c, fingerprint_of(c.path)) for c in candidates]
+        key = tuple((c.path, c.explicit_id, fp) for c, fp in fingerprints)
+        if self._snapshot and self._snapshot[0] == key:
+            return self._snapshot[1]
+        models: dict[str, RegisteredModel] = {}
+        seen_paths: set[Path] = set()
+        for candidate, fp in sorted(fingerprints, key=lambda item: (item[0].priority, str(item[0].path))):
+            resolved = candidate.path.resolve() if fp else candidate.path
+            if fp is None or resolved in seen_paths:
+                if fp is None and candidate.source != "dir":
+                    logger.warning("registered model %s not found at %s", candidate.explicit_id, candidate.path)
+                continue
+            info = self._info_for(candidate.path, fp)
+            if info is None:
+                continue
+            seen_paths.add(resolved)
+            model_id = candidate.explicit_id or derive_model_id(candidate.path)
+            if model_id in models:
+                model_id = _disambiguate(model_id, candidate.path)
+            models[model_id] = RegisteredModel(model_id, info, candidate.source, fp)
+        live = {c.path for c in candidates}
+        for stale in [p for p in self._infos if p not in live]:
+            del self._infos[stale]
+        self._snapshot = (key, models)
+        return models
+
+    def list(self) -> list[RegisteredModel]:
+        """Every servable model, current as of this call."""
+        return list(self._scan().values())
+
+    def get(self, model_id: str) -> RegisteredModel:
+        """The model with this id, or ModelNotFoundError."""
+        model = self._scan().get(model_id)
+        if model is None:
+            raise ModelNotFoundError(model_id)
+        return model
+
+    def failures(self) -> dict[Path, str]:
+        """Files that were found but could not be read, with the reason."""
+        return {path: reason for path, (_, reason) in self._failures.items()}

@@ -1,0 +1,93 @@
+"""Server settings: one pydantic-settings object from CLI flags, MINERVA_* env vars and a TOML file."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from minerva.errors import InvalidRequestError
+
+
+class Settings(BaseSettings):
+    """Everything the server can be told; defaults serve the embedded model on loopback."""
+
+    model_config = SettingsConfigDict(env_prefix="MINERVA_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    models_dirs: list[Path] = Field(default_factory=lambda: [Path("~/.minerva/models")])
+    models: dict[str, Path] = Field(default_factory=dict)  # explicit id -> path registrations
+    include_default_model: bool = True
+    config_file: Path | None = None
+
+    n_ctx: int | None = None  # tokens per sequence; None: trained length capped by memory
+    n_slots: int = 4  # concurrent sequences per loaded GGUF model
+    n_threads: int | None = None  # None: all cores
+    n_batch: int = 512
+    queue_limit: int = 64  # requests waiting per model before 429
+    idle_ttl_s: float = 1800.0  # unload a model idle this long (0: never)
+    memory_budget_mb: int | None = None  # None: 80% of physical memory
+
+    api_keys: list[str] = Field(default_factory=list)
+    cors_origins: list[str] = Field(default_factory=list)
+    max_body_bytes: int = 16 * 1024 * 1024
+    keepalive_interval_s: float = 2.0
+    shutdown_grace_s: float = 30.0
+    log_prompts: bool = False
+    log_level: str = "info"
+
+    @field_validator("models_dirs", mode="after")
+    @classmethod
+    def _expand_dirs(cls, value: list[Path]) -> list[Path]:
+        return [Path(p).expanduser() for p in value]
+
+    @field_validator("models", mode="after")
+    @classmethod
+    def _expand_models(cls, value: dict[str, Path]) -> dict[str, Path]:
+        return {k: Path(p).expanduser() for k, p in value.items()}
+
+
+def parse_model_registration(text: str) -> tuple[str, Path]:
+    """Parse a `--model ID=PATH` flag (or a bare PATH, whose id is derived later as '')."""
+    if "=" in text:
+        model_id, _, path = text.partition("=")
+        model_id = model_id.strip()
+        if not model_id:
+            raise InvalidRequestError(f"--model {text!r}: empty id before '='", param="model")
+        return model_id, Path(path.strip()).expanduser()
+    return "", Path(text.strip()).expanduser()
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML config file into Settings fields.
+
+    Accepted shape::
+
+        models_dirs = ["~/models"]
+        n_slots = 4
+        [models]
+        my-model = "~/models/x.gguf"
+    """
+    try:
+        data = tomllib.loads(Path(path).expanduser().read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidRequestError(f"config file {path}: {exc}", param="config") from exc
+    models = data.get("models", {})
+    if isinstance(models, list):  # [[models]] id = "...", path = "..."
+        data["models"] = {m["id"]: m["path"] for m in models if isinstance(m, dict) and "id" in m}
+    return data
+
+
+def build_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings by precedence: explicit overrides (CLI flags) > MINERVA_* env vars > config file."""
+    base: dict[str, Any] = {}
+    if config_file is not None:
+        from_env = Settings().model_fields_set
+        base.update({k: v for k, v in load_config_file(config_file).items() if k not in from_env})
+        base["config_file"] = config_file
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**base)
