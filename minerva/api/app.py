@@ -1,0 +1,67 @@
+"""The FastAPI application factory: all server state hangs off create_app(settings)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+
+from minerva import __version__
+from minerva.api.errors import install_error_handlers
+from minerva.api.routes_generation import router as generation_router
+from minerva.api.routes_models import router as models_router
+from minerva.default_model import default_model_path
+from minerva.engine.pool import EngineLoader, EnginePool, load_engine
+from minerva.registry import ModelRegistry
+from minerva.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerState:
+    """What the routes share: settings, the registry and the loaded engines."""
+
+    settings: Settings
+    registry: ModelRegistry
+    pool: EnginePool
+
+
+def build_registry(settings: Settings) -> ModelRegistry:
+    """The registry the settings describe (directories, explicit models, the embedded default)."""
+    default = default_model_path() if settings.include_default_model else None
+    return ModelRegistry(settings.models_dirs, settings.models, default)
+
+
+def create_app(settings: Settings | None = None, *, loader: EngineLoader = load_engine) -> FastAPI:
+    """A ready-to-serve app; `loader` builds engines (tests may pass a scripted one)."""
+    settings = settings or Settings()
+    state = ServerState(settings, build_registry(settings), EnginePool(settings, loader))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        reaper = asyncio.create_task(state.pool.run_idle_reaper())
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+            await state.pool.close()
+
+    app = FastAPI(title="minerva", version=__version__, lifespan=lifespan)
+    app.state.minerva = state
+    install_error_handlers(app)
+    app.include_router(models_router)
+    app.include_router(generation_router)
+
+    @app.get("/health")
+    async def health() -> dict:
+        """Liveness: the server answers."""
+        return {"status": "ok", "models_loaded": len(state.pool.loaded())}
+
+    return app

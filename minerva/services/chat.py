@@ -1,0 +1,105 @@
+"""POST /v1/chat/completions: messages → prompt → choices of chat chunks (one path for both modes)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from minerva.engine.base import Engine, GenerationRequest
+from minerva.parsers.base import ContentDelta, ReasoningDelta, ToolCallArguments, ToolCallStart
+from minerva.parsers.registry import create_parser
+from minerva.protocol.chunks import ResponseHeader, usage_dict
+from minerva.protocol.requests import ChatCompletionRequest
+from minerva.services.chat_prompt import ChatPrompt, build_chat_prompt
+from minerva.services.completions import check_token_ids
+from minerva.services.generation import Finished, TextPiece, clamp_max_tokens, generate_choice, logprob_entry, merge_choices
+from minerva.services.sampling import sampling_from_request
+
+
+@dataclass(frozen=True)
+class PreparedChat:
+    """A chat request rendered, tokenized and checked, ready to generate."""
+
+    header: ResponseHeader
+    prompt: ChatPrompt
+    generations: tuple[GenerationRequest, ...]
+    stops: tuple[str, ...]
+    want_logprobs: bool
+
+
+def prepare_chat(request: ChatCompletionRequest, engine: Engine, model_id: str,
+                 session_key: str | None = None) -> PreparedChat:
+    """Render the prompt through the model's template, tokenize it and check it fits."""
+    check_token_ids([int(k) for k in (request.logit_bias or {})], engine.info.vocab_size, "logit_bias")
+    prompt = build_chat_prompt(request, engine)
+    add_special = not (engine.bos_token and prompt.text.startswith(engine.bos_token))
+    tokens = tuple(engine.tokenize(prompt.text, add_special=add_special, parse_special=True))
+    budget = clamp_max_tokens(request.token_budget(), len(tokens), engine.n_ctx, "messages")
+    top = request.top_logprobs or 0
+    generations = tuple(
+        GenerationRequest(
+            tokens,
+            budget,
+            sampling_from_request(request, choice_index=i, grammar=prompt.grammar,
+                                  logprobs=request.logprobs, top_logprobs=top),
+            session_key,
+        )
+        for i in range(request.n)
+    )
+    header = ResponseHeader.new("chatcmpl", model_id, "chat.completion.chunk")
+    return PreparedChat(header, prompt, generations, tuple(request.stop_list()), request.logprobs)
+
+
+def _delta_chunk(header: ResponseHeader, index: int, delta: dict, logprobs: list[dict] | None = None) -> dict:
+    return header.chunk([{"index": index, "delta": delta,
+                          "logprobs": {"content": logprobs} if logprobs else None, "finish_reason": None}])
+
+
+def _chat_logprobs(piece: TextPiece) -> list[dict]:
+    return [
+        {**logprob_entry(t), "top_logprobs": [logprob_entry(a) for a in t.top_logprobs]}
+        for t in piece.tokens
+    ]
+
+
+def _parsed_to_delta(parsed) -> dict:
+    if isinstance(parsed, ContentDelta):
+        return {"content": parsed.text}
+    if isinstance(parsed, ReasoningDelta):
+        return {"reasoning_content": parsed.text}
+    if isinstance(parsed, ToolCallStart):
+        return {"tool_calls": [{"index": parsed.index, "id": parsed.id, "type": "function",
+                                "function": {"name": parsed.name, "arguments": ""}}]}
+    if isinstance(parsed, ToolCallArguments):
+        return {"tool_calls": [{"index": parsed.index, "function": {"arguments": parsed.fragment}}]}
+    raise TypeError(f"unknown parsed delta {parsed!r}")
+
+
+async def chat_chunks(prepared: PreparedChat, engine: Engine) -> AsyncIterator[dict]:
+    """chat.completion.chunk objects of every choice, then a usage chunk with `choices: []`."""
+    header = prepared.header
+    n = len(prepared.generations)
+    parsers = [create_parser(prepared.prompt.parser, prepared.prompt.parser_options) for _ in range(n)]
+    saw_tool_call = [False] * n
+    for index in range(n):
+        yield _delta_chunk(header, index, {"role": "assistant", "content": ""})
+    streams = [generate_choice(engine, g, prepared.stops) for g in prepared.generations]
+    prompt_tokens, completion_total, cached_tokens = 0, 0, 0
+    async for index, event in merge_choices(streams):
+        if isinstance(event, TextPiece):
+            logprobs = _chat_logprobs(event) if prepared.want_logprobs and event.tokens else None
+            parsed = parsers[index].feed(event.text) if event.text else []
+            if not parsed and logprobs:
+                yield _delta_chunk(header, index, {}, logprobs)
+            for position, item in enumerate(parsed):
+                saw_tool_call[index] |= isinstance(item, ToolCallStart)
+                yield _delta_chunk(header, index, _parsed_to_delta(item), logprobs if position == 0 else None)
+        elif isinstance(event, Finished):
+            for item in parsers[index].finish():
+                saw_tool_call[index] |= isinstance(item, ToolCallStart)
+                yield _delta_chunk(header, index, _parsed_to_delta(item))
+            prompt_tokens, cached_tokens = event.prompt_tokens, event.cached_tokens
+            completion_total += event.completion_tokens
+            reason = "tool_calls" if saw_tool_call[index] and event.finish_reason == "stop" else event.finish_reason
+            yield header.chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}])
+    yield header.chunk([], usage=usage_dict(prompt_tokens, completion_total, cached_tokens))
