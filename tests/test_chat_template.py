@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import struct
 from pathlib import Path
 
@@ -191,6 +193,51 @@ def test_text_parts_render_like_joined_string(hf_render, template_name):
     expected = hf_render(template, as_string, None, True, bos, eos, {})
     actual = render_chat_prompt(template, normalize_messages(with_parts), bos_token=bos, eos_token=eos)
     assert actual == expected
+
+
+OPENCODE_DIR = Path(__file__).parent / "data" / "opencode"
+
+
+def opencode_chats() -> dict[str, tuple[list[dict], list[dict] | None]]:
+    """The captured OpenCode requests, plus the agent request continued by one tool round trip."""
+    agent = json.loads((OPENCODE_DIR / "agent_request.json").read_text(encoding="utf-8"))
+    title = json.loads((OPENCODE_DIR / "title_request.json").read_text(encoding="utf-8"))
+    bash_call = {
+        "role": "assistant",
+        "content": "",
+        "reasoning_content": "List the files first.",
+        "tool_calls": [
+            {
+                "id": "call12345",
+                "type": "function",
+                "function": {"name": "bash", "arguments": '{"command": "ls", "description": "List files"}'},
+            }
+        ],
+    }
+    bash_result = {"role": "tool", "tool_call_id": "call12345", "content": "README.md\nminerva"}
+    return {
+        "agent": (agent["messages"], agent["tools"]),
+        "agent_after_tool": ([*agent["messages"], bash_call, bash_result], agent["tools"]),
+        "title": (title["messages"], None),
+    }
+
+
+@pytest.mark.parametrize("chat", ["agent", "agent_after_tool", "title"])
+@pytest.mark.parametrize("template_name", sorted(SPECIAL_TOKENS))
+def test_captured_opencode_requests_match_transformers(hf_render, template_name, chat):
+    if not OPENCODE_DIR.is_dir():
+        pytest.skip("captured OpenCode requests are not in this checkout")
+    template = load_template(template_name)
+    bos, eos = SPECIAL_TOKENS[template_name]
+    wire_messages, tools = opencode_chats()[chat]
+    messages = normalize_messages(wire_messages)
+    try:
+        expected = hf_render(template, messages, tools, True, bos, eos, {})
+    except Exception as hf_error:
+        with pytest.raises(TemplateError, match=re.escape(str(hf_error))):
+            render_chat_prompt(template, messages, tools=tools, bos_token=bos, eos_token=eos)
+        return
+    assert render_chat_prompt(template, messages, tools=tools, bos_token=bos, eos_token=eos) == expected
 
 
 def test_tool_arguments_reach_template_as_objects():
@@ -390,6 +437,9 @@ def escape_payloads(marker: Path) -> list[str]:
         "{% set ns = namespace(_secret=1) %}{{ ns._secret }}",
         "{{ messages.append({'role': 'user'}) }}",
         "{{ '{0.__class__}'.format('') }}",
+        "{{ '{0.__class__}' | attr('format')('') }}",
+        "{{ '{x.__class__}'.format_map({'x': ''}) }}",
+        "{{ messages.__len__() }}",
     ]
 
 
@@ -449,3 +499,32 @@ def test_detection_edge_cases():
     llama32_like = '<|start_header_id|>user<|end_header_id|>{"name": function name, "parameters": ...}'
     assert detect_tool_format(llama32_like) == "llama3"
     assert detect_tool_format("<|start|>assistant<|message|>") == "harmony"
+
+
+def test_jinja_has_the_sandbox_fixes_transformers_requires():
+    """jinja2 < 3.1.6 has known sandbox escapes (str.format via |attr); transformers refuses it too."""
+    import jinja2
+
+    assert tuple(int(part) for part in jinja2.__version__.split(".")[:3]) >= (3, 1, 6)
+
+
+def test_arbitrary_text_renders_like_transformers(hf_render):
+    hypothesis = pytest.importorskip("hypothesis")
+    strategies = pytest.importorskip("hypothesis.strategies")
+    template = load_template("qwen2_5")
+    text = strategies.text(max_size=40)
+
+    @hypothesis.settings(max_examples=60, deadline=None)
+    @hypothesis.given(system=text, user=text, reply=text)
+    def check(system, user, reply):
+        messages = normalize_messages(
+            [
+                {"role": "system", "content": system},
+                {"role": "user", "content": user},
+                {"role": "assistant", "content": reply},
+            ]
+        )
+        expected = hf_render(template, messages, None, False, "", "<|im_end|>", {})
+        assert render_chat_prompt(template, messages, add_generation_prompt=False) == expected
+
+    check()

@@ -178,8 +178,10 @@ def _plain_data(value: Any) -> Any:
         return float.__float__(value)
     if isinstance(value, Mapping):
         return {_plain_data(key): _plain_data(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list):
         return [_plain_data(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_plain_data(item) for item in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain_data(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if callable(getattr(value, "model_dump", None)):
@@ -231,8 +233,8 @@ def render_chat_prompt(
             logger.debug("ignoring reserved chat template kwarg %r", name)
             continue
         extra[name] = _plain_data(value)
-    chat = [_alias_reasoning(message) for message in _plain_data(list(messages))]
     try:
+        chat = [_alias_reasoning(message) for message in _plain_data(list(messages))]
         compiled = _compile(source)
         return compiled.render(
             **extra,
