@@ -145,7 +145,12 @@ def test_content_of_wrong_type_is_a_400():
 
 
 def test_tool_message_parts_become_text_and_keep_tool_call_id():
-    message = {"role": "tool", "tool_call_id": "c1", "name": "bash", "content": [{"type": "text", "text": "ok"}]}
+    message = {
+        "role": "tool",
+        "tool_call_id": "c1",
+        "name": "bash",
+        "content": [{"type": "text", "text": "ok"}],
+    }
     assert normalize_messages([message]) == [
         {"role": "tool", "tool_call_id": "c1", "name": "bash", "content": "ok"}
     ]
@@ -172,7 +177,9 @@ def test_invalid_json_arguments_survive_normalization():
     message = {
         "role": "assistant",
         "content": None,
-        "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}],
+        "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}
+        ],
     }
     result = normalize_messages([message])[0]
     assert result["tool_calls"][0]["function"]["arguments"] == "{oops"

@@ -127,7 +127,12 @@ CASES = {
         True,
         {},
     ),
-    "thinking_disabled": ([{"role": "user", "content": "Hi"}], None, True, {"enable_thinking": False}),
+    "thinking_disabled": (
+        [{"role": "user", "content": "Hi"}],
+        None,
+        True,
+        {"enable_thinking": False},
+    ),
 }
 
 
@@ -163,15 +168,25 @@ def test_render_matches_transformers(hf_render, template_name, case):
     except Exception as hf_error:  # the template itself refuses this chat: we must refuse alike
         with pytest.raises(TemplateError) as ours:
             render_chat_prompt(
-                template, messages, tools=tools, add_generation_prompt=add_generation_prompt,
-                bos_token=bos, eos_token=eos, template_kwargs=kwargs,
+                template,
+                messages,
+                tools=tools,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=bos,
+                eos_token=eos,
+                template_kwargs=kwargs,
             )
         assert str(hf_error) in ours.value.message
         assert ours.value.status_code == 400
         return
     actual = render_chat_prompt(
-        template, messages, tools=tools, add_generation_prompt=add_generation_prompt,
-        bos_token=bos, eos_token=eos, template_kwargs=kwargs,
+        template,
+        messages,
+        tools=tools,
+        add_generation_prompt=add_generation_prompt,
+        bos_token=bos,
+        eos_token=eos,
+        template_kwargs=kwargs,
     )
     assert actual == expected
 
@@ -181,7 +196,10 @@ def test_text_parts_render_like_joined_string(hf_render, template_name):
     template = load_template(template_name)
     bos, eos = SPECIAL_TOKENS[template_name]
     with_parts = [
-        {"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "input_text", "text": "two"}]},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "one"}, {"type": "input_text", "text": "two"}],
+        },
         {"role": "assistant", "content": [{"type": "text", "text": "Sure."}]},
         {"role": "user", "content": [{"type": "text", "text": "three"}]},
     ]
@@ -191,7 +209,9 @@ def test_text_parts_render_like_joined_string(hf_render, template_name):
         {"role": "user", "content": "three"},
     ]
     expected = hf_render(template, as_string, None, True, bos, eos, {})
-    actual = render_chat_prompt(template, normalize_messages(with_parts), bos_token=bos, eos_token=eos)
+    actual = render_chat_prompt(
+        template, normalize_messages(with_parts), bos_token=bos, eos_token=eos
+    )
     assert actual == expected
 
 
@@ -210,7 +230,10 @@ def opencode_chats() -> dict[str, tuple[list[dict], list[dict] | None]]:
             {
                 "id": "call12345",
                 "type": "function",
-                "function": {"name": "bash", "arguments": '{"command": "ls", "description": "List files"}'},
+                "function": {
+                    "name": "bash",
+                    "arguments": '{"command": "ls", "description": "List files"}',
+                },
             }
         ],
     }
@@ -237,7 +260,10 @@ def test_captured_opencode_requests_match_transformers(hf_render, template_name,
         with pytest.raises(TemplateError, match=re.escape(str(hf_error))):
             render_chat_prompt(template, messages, tools=tools, bos_token=bos, eos_token=eos)
         return
-    assert render_chat_prompt(template, messages, tools=tools, bos_token=bos, eos_token=eos) == expected
+    assert (
+        render_chat_prompt(template, messages, tools=tools, bos_token=bos, eos_token=eos)
+        == expected
+    )
 
 
 def test_tool_arguments_reach_template_as_objects():
@@ -250,7 +276,9 @@ def test_tool_arguments_reach_template_as_objects():
 
 def test_no_template_renders_chatml():
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
-    expected = "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
+    expected = (
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert render_chat_prompt(None, messages) == expected
     assert render_chat_prompt("", messages) == expected
     assert render_chat_prompt(None, messages, add_generation_prompt=False) == expected.removesuffix(
@@ -339,8 +367,13 @@ def test_gemma2_rejects_system_role_with_its_own_message():
 
 def test_tojson_filter_matches_transformers():
     value = {"b": "é", "a": [1, 2]}
-    assert render_text("{{ v | tojson }}", template_kwargs={"v": value}) == '{"b": "é", "a": [1, 2]}'
-    assert render_text("{{ v | tojson(indent=2) }}", template_kwargs={"v": {"a": 1}}) == '{\n  "a": 1\n}'
+    assert (
+        render_text("{{ v | tojson }}", template_kwargs={"v": value}) == '{"b": "é", "a": [1, 2]}'
+    )
+    assert (
+        render_text("{{ v | tojson(indent=2) }}", template_kwargs={"v": {"a": 1}})
+        == '{\n  "a": 1\n}'
+    )
     assert (
         render_text("{{ v | tojson(separators=(',', ':')) }}", template_kwargs={"v": {"a": [1, 2]}})
         == '{"a":[1,2]}'
@@ -379,7 +412,7 @@ def test_loopcontrols_namespace_dict_and_generation_tag():
         "{% endif %}{% set ns.n = ns.n + i %}{% endfor %}"
         "{% generation %}{{ ns.n }}{% endgeneration %}|{{ dict(a=1) | tojson }}"
     )
-    assert render_text(template) == "2|{\"a\": 1}"
+    assert render_text(template) == '2|{"a": 1}'
 
 
 def test_trim_and_lstrip_blocks():
@@ -419,21 +452,23 @@ def test_messages_are_not_mutated_by_rendering():
 
 
 def escape_payloads(marker: Path) -> list[str]:
-    command = f"touch {marker}"
-    return [
+    """Templates that would run `touch marker` if the sandbox let them reach Python internals."""
+    import_os = "__builtins__['__import__']('os')"
+    payloads = [
         "{{ ''.__class__.__mro__[1].__subclasses__() }}",
         "{{ ''.__class__ }}",
         "{{ messages.__class__.__base__.__subclasses__() }}",
-        f"{{{{ cycler.__init__.__globals__.os.popen('{command}').read() }}}}",
-        f"{{{{ joiner.__init__.__globals__.os.system('{command}') }}}}",
-        f"{{{{ namespace.__init__.__globals__.os.system('{command}') }}}}",
-        f"{{{{ self.__init__.__globals__.__builtins__.__import__('os').system('{command}') }}}}",
-        f"{{{{ lipsum.__globals__['os'].popen('{command}').read() }}}}",
-        f"{{{{ raise_exception.__globals__['__builtins__']['__import__']('os').system('{command}') }}}}",
-        f"{{% for c in [].__class__.__base__.__subclasses__() %}}{{% if c.__name__ == 'catch_warnings' %}}"
-        f"{{{{ c()._module.__builtins__['__import__']('os').system('{command}') }}}}{{% endif %}}{{% endfor %}}",
-        f"{{{{ messages[0]['__class__'] }}}}",
-        f"{{{{ ('{command}') | attr('__class__') }}}}",
+        "{{ cycler.__init__.__globals__.os.popen('CMD').read() }}",
+        "{{ joiner.__init__.__globals__.os.system('CMD') }}",
+        "{{ namespace.__init__.__globals__.os.system('CMD') }}",
+        "{{ self.__init__.__globals__.__builtins__.__import__('os').system('CMD') }}",
+        "{{ lipsum.__globals__['os'].popen('CMD').read() }}",
+        "{{ raise_exception.__globals__.IMPORT_OS.system('CMD') }}",
+        "{% for c in [].__class__.__base__.__subclasses__() %}"
+        "{% if c.__name__ == 'catch_warnings' %}"
+        "{{ c()._module.IMPORT_OS.system('CMD') }}{% endif %}{% endfor %}",
+        "{{ messages[0]['__class__'] }}",
+        "{{ ('CMD') | attr('__class__') }}",
         "{% set ns = namespace(_secret=1) %}{{ ns._secret }}",
         "{{ messages.append({'role': 'user'}) }}",
         "{{ '{0.__class__}'.format('') }}",
@@ -441,6 +476,8 @@ def escape_payloads(marker: Path) -> list[str]:
         "{{ '{x.__class__}'.format_map({'x': ''}) }}",
         "{{ messages.__len__() }}",
     ]
+    command = f"touch {marker}"
+    return [p.replace("IMPORT_OS", import_os).replace("CMD", command) for p in payloads]
 
 
 def test_sandbox_escapes_are_refused_and_never_run(tmp_path):
@@ -451,6 +488,17 @@ def test_sandbox_escapes_are_refused_and_never_run(tmp_path):
         assert caught.value.status_code == 400, payload
         assert caught.value.code == "chat_template_unsafe"
         assert not marker.exists(), payload
+
+
+def test_marker_check_would_notice_an_escape(tmp_path):
+    """Control: outside the sandbox, the cycler payload does run its command (here `touch`)."""
+    import jinja2
+
+    marker = tmp_path / "pwned"
+    cycler_payload = escape_payloads(marker)[3]
+    assert "cycler" in cycler_payload
+    jinja2.Environment().from_string(cycler_payload).render()
+    assert marker.exists()
 
 
 def test_sandbox_escape_via_template_kwargs_is_refused(tmp_path):
@@ -496,13 +544,15 @@ def test_detection_edge_cases():
     assert template_supports_tools("{% for t in tools %}{{ t }}{% endfor %}")
     assert not template_supports_tools("{{ message.tool_calls }}{% set tools = 1 %}")
     assert template_supports_tools("{% for %} tools")  # unparsable: falls back to a word search
-    llama32_like = '<|start_header_id|>user<|end_header_id|>{"name": function name, "parameters": ...}'
+    llama32_like = (
+        '<|start_header_id|>user<|end_header_id|>{"name": function name, "parameters": ...}'
+    )
     assert detect_tool_format(llama32_like) == "llama3"
     assert detect_tool_format("<|start|>assistant<|message|>") == "harmony"
 
 
 def test_jinja_has_the_sandbox_fixes_transformers_requires():
-    """jinja2 < 3.1.6 has known sandbox escapes (str.format via |attr); transformers refuses it too."""
+    """jinja2 < 3.1.6 has known sandbox escapes (str.format via |attr); transformers refuses it."""
     import jinja2
 
     assert tuple(int(part) for part in jinja2.__version__.split(".")[:3]) >= (3, 1, 6)

@@ -60,7 +60,9 @@ def _part_text(part: Any, index: int) -> str:
         if text is None:
             return ""
         if not isinstance(text, str):
-            raise InvalidMessagesError(f"messages[{index}] has a {part_type!r} part whose text is not a string.")
+            raise InvalidMessagesError(
+                f"messages[{index}] has a {part_type!r} part whose text is not a string."
+            )
         return text
     if part_type in IMAGE_PART_TYPES:
         raise UnsupportedContentError(
@@ -77,7 +79,9 @@ def _part_text(part: Any, index: int) -> str:
             f"messages[{index}] contains a file ({part_type!r} part): file input is not supported "
             "on this server yet. Send text only."
         )
-    raise InvalidMessagesError(f"messages[{index}] has a content part of unknown type {part_type!r}.")
+    raise InvalidMessagesError(
+        f"messages[{index}] has a content part of unknown type {part_type!r}."
+    )
 
 
 def content_text(content: Any, index: int = 0) -> str:
@@ -133,7 +137,9 @@ def _tool_call(call: Any, index: int) -> dict:
 
 def _normalize_message(message: Any, index: int) -> dict:
     if not isinstance(message, Mapping):
-        raise InvalidMessagesError(f"messages[{index}] must be an object, got {type(message).__name__}.")
+        raise InvalidMessagesError(
+            f"messages[{index}] must be an object, got {type(message).__name__}."
+        )
     role = message.get("role")
     role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
     if role not in TEMPLATE_ROLES:
@@ -157,7 +163,7 @@ def _normalize_message(message: Any, index: int) -> dict:
 
 
 def normalize_messages(messages: list[dict]) -> list[dict]:
-    """OpenAI chat messages → fresh messages with string content, template roles, parsed tool args."""
+    """OpenAI chat messages → fresh ones with string content, template roles, parsed tool args."""
     if not isinstance(messages, list | tuple) or not messages:
         raise InvalidMessagesError("messages must be a non-empty list of chat messages.")
     return [_normalize_message(message, index) for index, message in enumerate(messages)]
@@ -167,7 +173,11 @@ def add_tools_to_system(messages: list[dict], tools_text: str) -> list[dict]:
     """Messages with tools_text appended to the first system message, or a new one prepended."""
     if not tools_text:
         return [_copy(message) for message in messages]
-    if messages and isinstance(messages[0], Mapping) and messages[0].get("role") in ("system", "developer"):
+    if (
+        messages
+        and isinstance(messages[0], Mapping)
+        and messages[0].get("role") in ("system", "developer")
+    ):
         first = _copy(messages[0])
         existing = content_text(first.get("content"))
         first["content"] = f"{existing}\n\n{tools_text}" if existing else tools_text
