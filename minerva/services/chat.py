@@ -7,10 +7,9 @@ from dataclasses import dataclass
 
 from minerva.engine.base import Engine, GenerationRequest
 from minerva.parsers.base import ContentDelta, ReasoningDelta, ToolCallArguments, ToolCallStart
-from minerva.parsers.registry import create_parser
 from minerva.protocol.chunks import ResponseHeader, usage_dict
 from minerva.protocol.requests import ChatCompletionRequest
-from minerva.services.chat_prompt import ChatPrompt, build_chat_prompt
+from minerva.services.chat_prompt import ChatPrompt, build_chat_prompt, make_parser
 from minerva.services.completions import check_token_ids
 from minerva.services.generation import Finished, TextPiece, clamp_max_tokens, generate_choice, logprob_entry, merge_choices
 from minerva.services.sampling import sampling_from_request
@@ -79,7 +78,7 @@ async def chat_chunks(prepared: PreparedChat, engine: Engine) -> AsyncIterator[d
     """chat.completion.chunk objects of every choice, then a usage chunk with `choices: []`."""
     header = prepared.header
     n = len(prepared.generations)
-    parsers = [create_parser(prepared.prompt.parser, prepared.prompt.parser_options) for _ in range(n)]
+    parsers = [make_parser(prepared.prompt.parser, prepared.prompt.parser_options) for _ in range(n)]
     saw_tool_call = [False] * n
     for index in range(n):
         yield _delta_chunk(header, index, {"role": "assistant", "content": ""})
