@@ -1,0 +1,162 @@
+"""gpt-oss "harmony" output: channels over text markers, read as the model writes them.
+
+    <|channel|>analysis<|message|>…<|end|>                        → reasoning
+    <|start|>assistant<|channel|>final<|message|>…<|return|>       → content
+    <|start|>assistant<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>{…}<|call|>
+                                                                   → tool call NAME
+    (the recipient may also stand before the channel: ``assistant to=functions.NAME<|channel|>…``)
+
+openai-harmony's StreamableParser would do this over token ids, but it loads the o200k vocabulary
+from the network on first use (it cannot run offline here) and works on tokens, while engines hand
+us text; these markers are the text of the harmony special tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from enum import Enum
+
+from minerva.parsers.base import (
+    ContentDelta,
+    FoundCall,
+    IdFactory,
+    IncrementalParser,
+    ParsedDelta,
+    ReasoningDelta,
+    decode_arguments,
+    find_first_marker,
+    merge_deltas,
+    new_call_id,
+    partial_marker_length,
+)
+
+logger = logging.getLogger(__name__)
+
+MESSAGE = "<|message|>"
+END_MARKERS = ("<|end|>", "<|return|>", "<|call|>", "<|start|>")
+HEADER_OPENINGS = ("<|start|>", "<|channel|>", "assistant", "to=", "<|constrain|>")
+MAX_HEADER_CHARS = 256
+FUNCTION_PREFIX = "functions."
+
+_CHANNEL = re.compile(r"<\|channel\|>\s*([A-Za-z_]+)")
+_RECIPIENT = re.compile(r"\bto=([^\s<]+)")
+
+
+class _State(Enum):
+    HEADER = "header"
+    MESSAGE = "message"
+
+
+def parse_header(header: str) -> tuple[str, str | None]:
+    """The channel (``final`` when absent) and recipient (None when absent) of a message header."""
+    channel = _CHANNEL.search(header)
+    recipient = _RECIPIENT.search(header)
+    return (channel.group(1) if channel else "final", recipient.group(1) if recipient else None)
+
+
+def could_be_header(text: str) -> bool:
+    """Whether ``text`` can still grow into a harmony message header."""
+    stripped = text.lstrip()
+    if len(stripped) > MAX_HEADER_CHARS:
+        return False
+    return not stripped or any(
+        stripped.startswith(opening) or opening.startswith(stripped) for opening in HEADER_OPENINGS
+    )
+
+
+def parse_harmony_call(recipient: str, body: str) -> FoundCall | None:
+    """The call a commentary message to ``recipient`` makes, or None if its body is not JSON."""
+    name = recipient[len(FUNCTION_PREFIX) :] if recipient.startswith(FUNCTION_PREFIX) else recipient
+    try:
+        arguments = decode_arguments(json.loads(body))
+    except ValueError:
+        return None
+    if not name or arguments is None:
+        return None
+    return FoundCall(name=name, arguments=arguments)
+
+
+class HarmonyParser(IncrementalParser):
+    """Streams harmony channels: analysis → reasoning, final/commentary → content, to= → calls."""
+
+    def __init__(self, *, starts_in_reasoning: bool = False, id_factory: IdFactory = new_call_id, **_: object):
+        super().__init__(id_factory=id_factory)
+        self._buffer = ""
+        self._state = _State.MESSAGE if starts_in_reasoning else _State.HEADER
+        self._channel = "analysis" if starts_in_reasoning else "final"
+        self._recipient: str | None = None
+        self._header = ""
+        self._out: list[ParsedDelta] = []
+
+    def feed(self, text: str) -> list[ParsedDelta]:
+        """Take the next piece of generated text; return the deltas decided by it."""
+        self._buffer += text
+        self._run(final=False)
+        return self._take()
+
+    def finish(self) -> list[ParsedDelta]:
+        """End of generation: return everything still held back."""
+        self._run(final=True)
+        if self._state is _State.MESSAGE:
+            self._end_message(self._buffer)
+        self._buffer = ""  # a dangling header (e.g. a last "<|start|>assistant") says nothing
+        return self._take()
+
+    def _take(self) -> list[ParsedDelta]:
+        out, self._out = merge_deltas(self._out), []
+        return out
+
+    def _run(self, final: bool) -> None:
+        while self._step_header(final) if self._state is _State.HEADER else self._step_message(final):
+            pass
+
+    def _step_header(self, final: bool) -> bool:
+        position = self._buffer.find(MESSAGE)
+        if position >= 0:
+            header = self._buffer[:position]
+            self._buffer = self._buffer[position + len(MESSAGE) :]
+            self._channel, self._recipient = parse_header(header)
+            self._state = _State.MESSAGE
+            return True
+        if not could_be_header(self._buffer):
+            # no harmony framing: the model is talking plainly; treat it as the final answer
+            self._channel, self._recipient = "final", None
+            self._state = _State.MESSAGE
+            return True
+        return False
+
+    def _step_message(self, final: bool) -> bool:
+        found = find_first_marker(self._buffer, END_MARKERS)
+        if found is not None:
+            position, marker = found
+            self._end_message(self._buffer[:position])
+            self._buffer = self._buffer[position + (0 if marker == "<|start|>" else len(marker)) :]
+            self._state = _State.HEADER
+            return True
+        if self._recipient is not None or final:
+            return False  # a call's body is decided as a whole; finish() flushes the rest
+        held = partial_marker_length(self._buffer, END_MARKERS)
+        self._emit_text(self._buffer[: len(self._buffer) - held])
+        self._buffer = self._buffer[len(self._buffer) - held :]
+        return False
+
+    def _emit_text(self, text: str) -> None:
+        if text:
+            self._out.append(ReasoningDelta(text) if self._channel == "analysis" else ContentDelta(text))
+
+    def _end_message(self, text: str) -> None:
+        if self._recipient is None:
+            self._emit_text(text)
+            return
+        call = parse_harmony_call(self._recipient, text.strip())
+        if call is None:
+            logger.debug("harmony call to %s did not parse; returned as content", self._recipient)
+            self._out.append(ContentDelta(text))
+        else:
+            self._out.extend(self._emit_calls([call]))
+        self._recipient = None
+
+
+PARSER = HarmonyParser

@@ -1,0 +1,16 @@
+"""Reasoning between ``<think>`` and ``</think>`` (Qwen3, DeepSeek-R1, SmolLM3…); no tool calls."""
+
+from __future__ import annotations
+
+from minerva.parsers.base import MarkupParser, ReasoningMarkers
+
+THINK = ReasoningMarkers(open="<think>", close="</think>")
+
+
+class ThinkParser(MarkupParser):
+    """Splits ``<think>…</think>`` into reasoning; everything else is content."""
+
+    default_reasoning = THINK
+
+
+PARSER = ThinkParser
