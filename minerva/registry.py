@@ -102,6 +102,8 @@ class ModelRegistry:
         self._infos: dict[Path, tuple[Fingerprint, ModelInfo]] = {}
         self._failures: dict[Path, tuple[Fingerprint, str]] = {}
         self._snapshot: tuple[tuple, dict[str, RegisteredModel]] | None = None
+        self._dir_scans: dict[Path, tuple[int, list[Path]]] = {}
+        self.version = 0  # bumped whenever the set of models or their metadata changes
 
     def _candidates(self) -> list[_Candidate]:
         found: list[_Candidate] = []
@@ -110,16 +112,27 @@ class ModelRegistry:
         if self._default:
             found.append(_Candidate(self._default[1], self._default[0], "default", 1))
         for index, directory in enumerate(self._dirs):
-            if not directory.is_dir():
-                continue
-            try:
-                roots = discover_models(directory)
-            except (OSError, ModelFormatError) as exc:
-                logger.warning("cannot scan %s: %s", directory, exc)
-                continue
-            for root in sorted(roots):
+            for root in self._scan_directory(directory):
                 found.append(_Candidate(root, "", "dir", 2 + index))
         return found
+
+    def _scan_directory(self, directory: Path) -> list[Path]:
+        # Adding or removing an entry changes the directory's mtime: rescan only then.
+        try:
+            mtime = directory.stat().st_mtime_ns
+        except OSError:
+            self._dir_scans.pop(directory, None)
+            return []
+        cached = self._dir_scans.get(directory)
+        if cached and cached[0] == mtime:
+            return cached[1]
+        try:
+            roots = sorted(discover_models(directory))
+        except (OSError, ModelFormatError) as exc:
+            logger.warning("cannot scan %s: %s", directory, exc)
+            roots = []
+        self._dir_scans[directory] = (mtime, roots)
+        return roots
 
     def _info_for(self, path: Path, fingerprint: Fingerprint) -> ModelInfo | None:
         cached = self._infos.get(path)
@@ -152,7 +165,7 @@ class ModelRegistry:
         models: dict[str, RegisteredModel] = {}
         seen_paths: set[Path] = set()
         for candidate, fp in sorted(fingerprints, key=lambda item: (item[0].priority, str(item[0].path))):
-            resolved = candidate.path.resolve() if fp else candidate.path
+            resolved = candidate.path.absolute()
             if fp is None or resolved in seen_paths:
                 if fp is None and candidate.source != "dir":
                     logger.warning("registered model %s not found at %s", candidate.explicit_id, candidate.path)
@@ -169,6 +182,7 @@ class ModelRegistry:
         for stale in [p for p in self._infos if p not in live]:
             del self._infos[stale]
         self._snapshot = (key, models)
+        self.version += 1
         return models
 
     def list(self) -> list[RegisteredModel]:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 
@@ -29,6 +29,7 @@ class ServerState:
     settings: Settings
     registry: ModelRegistry
     pool: EnginePool
+    response_cache: dict[str, tuple] = field(default_factory=dict)
 
 
 def build_registry(settings: Settings) -> ModelRegistry:
