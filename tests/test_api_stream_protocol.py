@@ -1,0 +1,103 @@
+"""SSE protocol edge cases on the real server stack with a scripted engine: keep-alives, in-band
+errors, UTF-8 split across tokens, and disconnects."""
+
+import time
+
+import httpx
+import pytest
+
+from minerva.errors import InvalidRequestError
+from minerva.settings import Settings
+from tests.conftest import running_server
+from tests.scripted_engine import Script, scripted_loader
+
+
+def choose(prompt: str, call: int) -> Script:
+    if "slow" in prompt:
+        return Script([b"Hello", b" there"], first_delay_s=1.2)
+    if "fail" in prompt:
+        return Script([b"a", b"b", b"c"], fail_after=2, failure=InvalidRequestError("grammar dead end"))
+    if "crash" in prompt:
+        return Script([b"a", b"b"], fail_after=1, failure=RuntimeError("boom"))
+    if "emoji" in prompt:
+        llama = "🦙".encode()
+        return Script([b"x", llama[:1], llama[1:3], llama[3:], b"y"])
+    if "long" in prompt:
+        return Script([b"tok "] * 500, piece_delay_s=0.01)
+    return Script([b"ok"])
+
+
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory, smollm2_path):
+    loader = scripted_loader(choose)
+    settings = Settings(models_dirs=[tmp_path_factory.mktemp("empty")], keepalive_interval_s=0.3)
+    with running_server(settings, loader=loader) as server:
+        server.loader = loader
+        yield server
+
+
+def stream_lines(server, content: str) -> list[str]:
+    body = {"model": "smollm2-135m-instruct", "stream": True, "messages": [{"role": "user", "content": content}]}
+    with httpx.stream("POST", server.base_url + "/chat/completions", json=body, timeout=30) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        return list(response.iter_lines())
+
+
+def test_keepalive_comments_while_waiting(scripted):
+    lines = stream_lines(scripted, "slow please")
+    first_data = next(i for i, line in enumerate(lines) if line.startswith("data: {") and "Hello" in line)
+    assert sum(line == ": keep-alive" for line in lines[:first_data]) >= 3
+    assert lines[-2] == "data: [DONE]" or lines[-1] == "data: [DONE]"
+
+
+def test_headers_arrive_before_generation(scripted):
+    body = {"model": "smollm2-135m-instruct", "stream": True, "messages": [{"role": "user", "content": "slow"}]}
+    started = time.monotonic()
+    with httpx.stream("POST", scripted.base_url + "/chat/completions", json=body, timeout=30) as response:
+        headers_after = time.monotonic() - started
+        assert response.status_code == 200
+        list(response.iter_lines())
+    assert headers_after < 1.0  # the scripted model waits 1.2 s before its first token
+
+
+def test_error_after_stream_start_is_an_error_event(scripted):
+    lines = [line for line in stream_lines(scripted, "fail now") if line.startswith("data: ")]
+    assert '"error"' in lines[-1] and "grammar dead end" in lines[-1]
+    assert "data: [DONE]" not in lines
+    crash = [line for line in stream_lines(scripted, "crash now") if line.startswith("data: ")]
+    assert '"internal_error"' in crash[-1] and "Traceback" not in "".join(crash)
+
+
+def test_utf8_split_across_tokens_is_never_broken(scripted):
+    import json
+
+    lines = [line for line in stream_lines(scripted, "emoji") if line.startswith("data: {")]
+    pieces = [json.loads(line[6:])["choices"][0]["delta"].get("content") for line in lines]
+    pieces = [p for p in pieces if p]
+    assert "".join(pieces) == "x🦙y"
+    assert all("\ufffd" not in p for p in pieces)
+
+
+def test_disconnect_cancels_generation(scripted):
+    engines = scripted.loader.engines
+    before = sum(e.cancelled for e in engines)
+    body = {"model": "smollm2-135m-instruct", "stream": True, "messages": [{"role": "user", "content": "long"}]}
+    with httpx.stream("POST", scripted.base_url + "/chat/completions", json=body, timeout=30) as response:
+        for index, _ in enumerate(response.iter_lines()):
+            if index > 10:
+                break
+    for _ in range(100):
+        if sum(e.cancelled for e in engines) > before:
+            break
+        time.sleep(0.05)
+    assert sum(e.cancelled for e in engines) == before + 1
+
+
+def test_non_streaming_error_is_envelope(scripted):
+    response = httpx.post(scripted.base_url + "/chat/completions", timeout=30,
+                          json={"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "fail"}]})
+    assert response.status_code == 400 and response.json()["error"]["message"] == "grammar dead end"
+    crash = httpx.post(scripted.base_url + "/chat/completions", timeout=30,
+                       json={"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "crash"}]})
+    assert crash.status_code == 500 and crash.json()["error"]["type"] == "server_error"
