@@ -395,18 +395,27 @@ class _MappedFile:
         self._file.close()
 
 
+def parse_gguf_header(buffer: Any, path: Path | str = "<buffer>") -> GGUFHeader:
+    """Parse a GGUF header from a buffer holding the whole file (bytes, memoryview or mmap).
+
+    ``path`` only names the source in errors and in the result.
+    """
+    path = Path(path)
+    try:
+        return _parse(path, buffer, len(buffer))
+    except ModelFormatError:
+        raise
+    except (struct.error, IndexError, ValueError, OverflowError, TypeError) as exc:
+        raise _fail(path, f"malformed GGUF header: {exc}") from None
+    except MemoryError:
+        raise _fail(path, "GGUF header needs more memory than is available") from None
+
+
 def read_gguf_header(path: Path | str) -> GGUFHeader:
     """Read a GGUF file's metadata and tensor records without touching its tensor data."""
     path = Path(path)
-    with _MappedFile(path) as (buf, size):
-        try:
-            return _parse(path, buf, size)
-        except ModelFormatError:
-            raise
-        except (struct.error, IndexError, ValueError, OverflowError) as exc:
-            raise _fail(path, f"malformed GGUF header: {exc}") from None
-        except MemoryError:
-            raise _fail(path, "GGUF header needs more memory than is available") from None
+    with _MappedFile(path) as (buf, _size):
+        return parse_gguf_header(buf, path)
 
 
 def read_gguf_strings(path: Path | str, array: GGUFArray, indices: Iterable[int]) -> dict[int, str]:
