@@ -1,0 +1,112 @@
+"""Which KV cells each slot holds, and how a new prompt reuses them (pure bookkeeping, no llama)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two token sequences share."""
+    n = min(len(a), len(b))
+    i = 0
+    # compare in blocks first: slicing compares in C, far faster than a Python loop per token
+    step = 256
+    while i + step <= n and a[i : i + step] == b[i : i + step]:
+        i += step
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@dataclass
+class SlotState:
+    """One llama sequence id: the tokens whose KV cells it holds, who uses it and when it last did."""
+
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)  # positions 0..len-1 are in the KV memory
+    busy: bool = False
+    session_key: str | None = None
+    last_used: int = 0
+
+
+@dataclass(frozen=True)
+class PrefixPlan:
+    """How a prompt will be placed: its slot, the donor slot to copy from and how many tokens to reuse."""
+
+    seq_id: int
+    donor_seq_id: int | None  # None: nothing reused
+    reused_tokens: int
+
+
+class PrefixCache:
+    """Slots of one llama context; finished slots keep their cells until the slot is needed again."""
+
+    def __init__(self, n_slots: int):
+        self._slots = [SlotState(seq_id=i) for i in range(n_slots)]
+        self._clock = itertools.count(1)
+
+    @property
+    def slots(self) -> tuple[SlotState, ...]:
+        """Every slot, indexed by sequence id."""
+        return tuple(self._slots)
+
+    def free_slots(self) -> int:
+        """How many slots no sequence is using."""
+        return sum(1 for s in self._slots if not s.busy)
+
+    def cached_tokens(self) -> int:
+        """Tokens held by slots, counting shared cells once per slot (an upper bound on cells used)."""
+        return sum(len(s.tokens) for s in self._slots)
+
+    def best_donor(self, prompt: Sequence[int]) -> tuple[int | None, int]:
+        """The slot whose cells share the longest prefix with `prompt`, and that length."""
+        best_id, best_len = None, 0
+        for slot in self._slots:
+            n = common_prefix_length(slot.tokens, prompt)
+            if n > best_len:
+                best_id, best_len = slot.seq_id, n
+        return best_id, best_len
+
+    def plan(self, prompt: Sequence[int], session_key: str | None) -> PrefixPlan | None:
+        """Pick a free slot for `prompt` and the longest reusable prefix; None when all slots are busy.
+
+        Preference: the free slot that served `session_key`, then a free slot whose own cells are the
+        best donor, then the least recently used free slot (its cells are the ones evicted).
+        At least the last prompt token is always recomputed, to get its logits.
+        """
+        free = [s for s in self._slots if not s.busy]
+        if not free:
+            return None
+        donor_id, n_common = self.best_donor(prompt)
+        reusable = min(n_common, max(len(prompt) - 1, 0))
+        chosen = None
+        if session_key is not None:
+            chosen = next((s for s in free if s.session_key == session_key), None)
+        if chosen is None and donor_id is not None and not self._slots[donor_id].busy and reusable > 0:
+            chosen = self._slots[donor_id]
+        if chosen is None:
+            chosen = min(free, key=lambda s: (len(s.tokens) > 0, s.last_used))
+        if reusable == 0:
+            donor_id = None
+        return PrefixPlan(seq_id=chosen.seq_id, donor_seq_id=donor_id, reused_tokens=reusable)
+
+    def claim(self, plan: PrefixPlan, prompt: Sequence[int], session_key: str | None) -> SlotState:
+        """Mark the planned slot busy; its cells now hold the reused prefix of `prompt`."""
+        slot = self._slots[plan.seq_id]
+        slot.busy = True
+        slot.session_key = session_key if session_key is not None else slot.session_key
+        slot.tokens = list(prompt[: plan.reused_tokens])
+        slot.last_used = next(self._clock)
+        return slot
+
+    def release(self, seq_id: int) -> None:
+        """The sequence ended; its slot is free but keeps its cells for later reuse."""
+        slot = self._slots[seq_id]
+        slot.busy = False
+        slot.last_used = next(self._clock)
+
+    def forget(self, seq_id: int) -> None:
+        """The slot's cells were removed from memory."""
+        self._slots[seq_id].tokens = []
