@@ -7,7 +7,10 @@ import httpx
 import openai
 import pytest
 
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+# SmolLM2's template injects a long default system prompt under which the Q4_1 model rambles;
+# with a plain system message it answers greedily "The capital of France is Paris."
+QUESTION = [{"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is the capital of France?"}]
 
 
 def chat(client, **kwargs):
