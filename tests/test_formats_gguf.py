@@ -158,6 +158,10 @@ def test_token_texts_by_id_walk_the_vocabulary(tmp_path: Path) -> None:
     header = read_gguf_header(path)
     tokens = header.get("tokenizer.ggml.tokens")
     assert read_gguf_strings(path, tokens, [0, 17, 4999, 5000, -1]) == {0: "token-0", 17: "token-17", 4999: "token-4999"}
+    around_checkpoint = [4094, 4095, 4096, 4097, 4999]
+    assert read_gguf_strings(path, tokens, around_checkpoint) == {i: f"token-{i}" for i in around_checkpoint}
+    assert read_gguf_strings(path, tokens, [4096]) == {4096: "token-4096"}
+    assert len(tokens.checkpoints) == 2
     info = read_model_info(path)
     assert (info.bos_token, info.eos_token) == ("token-4321", "token-4999")
 
@@ -330,3 +334,8 @@ def test_real_smollm2_matches_gguf_py(smollm2_path: Path) -> None:
     assert info.chat_template == field("tokenizer.chat_template")
     assert info.kind == "chat"
     assert info.file_size_bytes == smollm2_path.stat().st_size
+
+
+def test_discover_models_of_a_missing_directory_is_a_format_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelFormatError, match="cannot list"):
+        discover_models(tmp_path / "nope")

@@ -106,8 +106,11 @@ def discover_models(directory: Path) -> list[Path]:
     left out (their first part stands for the set); hidden entries are skipped.
     """
     directory = Path(directory)
-    if _is_hf_directory(directory):
-        return [directory]
+    try:
+        if _is_hf_directory(directory):
+            return [directory]
+    except OSError as exc:
+        raise ModelFormatError(directory, f"cannot list: {exc.strerror or exc}") from None
     roots: list[Path] = []
     for child in _children(directory):
         try:

@@ -12,7 +12,7 @@ import mmap
 import os
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 from types import MappingProxyType
@@ -27,6 +27,7 @@ GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 SMALL_ARRAY_MAX_ELEMENTS = 64  # arrays up to this length are decoded into tuples
+STRING_CHECKPOINT_INTERVAL = 4096  # string arrays remember every 4096th element's offset
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_ARRAY_NESTING = 8
 MAX_KEY_BYTES = 65_536
@@ -89,6 +90,8 @@ class GGUFArray:
     element_type: GGUFValueType
     length: int
     offset: int  # file offset of the first element
+    # String arrays: file offsets of elements 0, 4096, 8192, ... so lookups by index skip ahead.
+    checkpoints: tuple[int, ...] = field(default=(), repr=False)
 
     def __len__(self) -> int:
         return self.length
@@ -240,14 +243,18 @@ class _HeaderParser:
                 raise self.fail(f"{what} claims {length} strings, more than the file holds")
             if length <= SMALL_ARRAY_MAX_ELEMENTS:
                 return tuple(self.string(f"{what}[{i}]", MAX_STRING_VALUE_BYTES) for i in range(length))
+            checkpoints = []
+            end = start
             try:
-                end = _skip_strings(self.buf, start, length)
+                for first in range(0, length, STRING_CHECKPOINT_INTERVAL):
+                    checkpoints.append(end)
+                    end = _skip_strings(self.buf, end, min(STRING_CHECKPOINT_INTERVAL, length - first))
             except (struct.error, OverflowError):
                 end = self.size + 1
             if end > self.size:
                 raise self.fail(f"truncated: string array {what} runs past the end of the file")
             self.offset = end
-            return GGUFArray(GGUFValueType.STRING, length, start)
+            return GGUFArray(GGUFValueType.STRING, length, start, tuple(checkpoints))
         if element_type == GGUFValueType.ARRAY:
             if length > left // _ARRAY_HEADER.size:
                 raise self.fail(f"{what} claims {length} nested arrays, more than the file holds")
@@ -434,6 +441,10 @@ def read_gguf_strings(path: Path | str, array: GGUFArray, indices: Iterable[int]
         position = 0
         try:
             for index in wanted:
+                checkpoint = index // STRING_CHECKPOINT_INTERVAL
+                if checkpoint < len(array.checkpoints) and checkpoint * STRING_CHECKPOINT_INTERVAL > position:
+                    position = checkpoint * STRING_CHECKPOINT_INTERVAL
+                    parser.offset = array.checkpoints[checkpoint]
                 parser.offset = _skip_strings(buf, parser.offset, index - position)
                 if parser.offset > size:
                     raise _fail(path, "truncated: string array runs past the end of the file")
