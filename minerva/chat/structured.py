@@ -1,0 +1,625 @@
+"""JSON Schema and tool lists → llama.cpp GBNF grammars (root rule ``root``).
+
+Our own converter, not llama-cpp-python's: that one silently drops what it cannot constrain,
+and we must refuse it instead (``UnsupportedSchemaError``, a 400). The grammar accepts a subset of
+the schema's instances, never more: properties come in schema order, undeclared properties are not
+generated, numbers are at most 16 digits, and whitespace is limited to one optional space so tiny
+models cannot ramble. ``format`` is an annotation in draft 2020-12 and is not enforced; ``oneOf``
+is treated as ``anyOf``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from minerva.chat.tool_prompt import HERMES_CALL_FORMAT, ToolCallFormat
+from minerva.errors import InvalidRequestError
+
+
+class UnsupportedSchemaError(InvalidRequestError):
+    """A JSON Schema uses something the grammar cannot enforce (400)."""
+
+    code = "unsupported_schema"
+
+
+# keywords with no effect on which instances are valid
+ANNOTATIONS = frozenset(
+    {"$schema", "$id", "$comment", "$anchor", "title", "description", "default", "examples",
+     "deprecated", "readOnly", "writeOnly", "format", "contentMediaType", "contentEncoding",
+     "$defs", "definitions", "discriminator", "nullable"}
+)
+# keywords we cannot enforce (or only in trivial cases, checked where handled)
+UNSUPPORTED = frozenset(
+    {"not", "if", "then", "else", "pattern", "patternProperties", "propertyNames",
+     "dependentRequired", "dependentSchemas", "dependencies", "unevaluatedProperties",
+     "unevaluatedItems", "contains", "minContains", "maxContains", "multipleOf",
+     "minProperties", "maxProperties", "$dynamicRef", "$recursiveRef"}
+)
+MAX_INT_DIGITS = 15
+MAX_FRACTION_DIGITS = 16
+
+PRIMITIVE_RULES = {
+    "ws": '" "?',
+    "value": "object | array | string | number | boolean | null",
+    "object": '"{" ws ( string ":" ws value ( "," ws string ":" ws value )* )? "}"',
+    "array": '"[" ws ( value ( "," ws value )* )? "]"',
+    "string": '"\\"" char* "\\""',
+    "char": '[^"\\\\\\x7F\\x00-\\x1F] | "\\\\" ( ["\\\\/bfnrt] | "u" [0-9a-fA-F]{4} )',
+    "number": 'integer ( "." [0-9]{1,16} )? ( [eE] [-+]? [0-9]{1,3} )?',
+    "integer": '"-"? ( "0" | [1-9] [0-9]{0,15} )',
+    "boolean": '"true" | "false"',
+    "null": '"null"',
+}
+PRIMITIVE_DEPENDENCIES = {
+    "value": ("object", "array", "string", "number", "boolean", "null"),
+    "object": ("ws", "string", "value"),
+    "array": ("ws", "value"),
+    "string": ("char",),
+    "number": ("integer",),
+}
+
+
+def gbnf_literal(text: str) -> str:
+    """``text`` as a quoted GBNF literal."""
+    out = []
+    for char in text:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif char == "\n":
+            out.append("\\n")
+        elif char == "\r":
+            out.append("\\r")
+        elif char == "\t":
+            out.append("\\t")
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\x{ord(char):02X}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
+def json_literal(value: object) -> str:
+    """The GBNF literal of one JSON value, written compactly."""
+    return gbnf_literal(json.dumps(value, ensure_ascii=False, separators=(", ", ": ")))
+
+
+# -- integer ranges ------------------------------------------------------------------------------
+
+
+def _digits_between(low: str, high: str) -> list[str]:
+    """GBNF sequences for the same-length digit strings from ``low`` to ``high``."""
+    if low == high:
+        return [gbnf_literal(low)]
+    prefix = 0
+    while low[prefix] == high[prefix]:
+        prefix += 1
+    head = gbnf_literal(low[:prefix]) + " " if prefix else ""
+    rest = len(low) - prefix - 1
+    a, b = int(low[prefix]), int(high[prefix])
+    if low[prefix + 1 :] == "0" * rest and high[prefix + 1 :] == "9" * rest:
+        return [head + _digit_run(a, b, rest)]
+    options = [head + f'"{a}" ' + _group(_digits_between(low[prefix + 1 :], "9" * rest))]
+    if b - a > 1:
+        options.append(head + _digit_run(a + 1, b - 1, rest))
+    options.append(head + f'"{b}" ' + _group(_digits_between("0" * rest, high[prefix + 1 :])))
+    return options
+
+
+def _group(options: list[str]) -> str:
+    return options[0] if len(options) == 1 else "( " + " | ".join(options) + " )"
+
+
+def _digit_run(low: int, high: int, count: int) -> str:
+    """A digit from ``low`` to ``high`` followed by ``count`` free digits."""
+    if (low, high) == (0, 9):
+        return "[0-9]" if count == 0 else f"[0-9]{{{count + 1}}}"
+    first = f'"{low}"' if low == high else f"[{low}-{high}]"
+    return first if count == 0 else first + (" [0-9]" if count == 1 else f" [0-9]{{{count}}}")
+
+
+def natural_range(low: int, high: int | None) -> str:
+    """GBNF for the decimal naturals from ``low`` to ``high``, at most MAX_INT_DIGITS digits.
+
+    Values past MAX_INT_DIGITS digits are left out (a narrowing: 2**53-1 bounds become 15 digits).
+    """
+    top = min(high, 10**MAX_INT_DIGITS - 1) if high is not None else 10**MAX_INT_DIGITS - 1
+    if low > top:
+        raise ValueError("empty range")
+    options = []
+    full_lengths: list[int] = []
+    for length in range(len(str(low)), len(str(top)) + 1):
+        first = max(low, 10 ** (length - 1) if length > 1 else 0)
+        last = min(top, 10**length - 1)
+        if first > last:
+            continue
+        if length == 1 and first <= 1 and last == 9:
+            options.extend(['"0"'] if first == 0 else [])
+            full_lengths.append(1)
+            continue
+        if first == 10 ** (length - 1) and last == 10**length - 1 and length > 1:
+            full_lengths.append(length)
+            continue
+        options.extend(_digits_between(str(first), str(last)))
+    if full_lengths:
+        shortest, longest = full_lengths[0] - 1, full_lengths[-1] - 1
+        span = f"{{{shortest}}}" if shortest == longest else f"{{{shortest},{longest}}}"
+        options.append("[1-9]" if span == "{0}" else "[1-9] [0-9]" + ("" if span == "{1}" else span))
+    return " | ".join(options)
+
+
+def integer_range(low: int | None, high: int | None) -> str:
+    """GBNF for the integers in [low, high] (either end open when None)."""
+    parts = []
+    if high is None or high >= 0:
+        parts.append("( " + natural_range(max(low or 0, 0) if low is not None else 0, high) + " )")
+    if low is None or low < 0:
+        magnitude_low = 1 if high is None or high >= 0 else -high
+        magnitude_high = None if low is None else -low
+        parts.append('"-" ( ' + natural_range(magnitude_low, magnitude_high) + " )")
+    return " | ".join(parts)
+
+
+# -- the converter -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    low: int | None
+    high: int | None
+
+
+class SchemaConverter:
+    """Turns one JSON Schema (with local ``$ref``s) into GBNF rules."""
+
+    def __init__(self, root_schema: object, *, param: str, location: str):
+        self._root = root_schema
+        self._param = param
+        self._location = location
+        self._rules: dict[str, str] = {}
+        self._bodies: dict[str, str] = {}
+        self._refs: dict[str, str] = {}
+        self._primitives: set[str] = set()
+
+    def visit_root(self, schema: object, *, location: str, hint: str) -> str:
+        """Convert a schema whose local ``$ref``s resolve against itself; return its rule name."""
+        self._root = schema
+        self._refs = {}
+        self._location = location
+        return self.visit(schema, "", hint)
+
+    def fail(self, path: str, what: str) -> UnsupportedSchemaError:
+        """The error for an unsupported construct at ``path``."""
+        where = f"{self._location}{path}" if path else self._location or "schema"
+        return UnsupportedSchemaError(f"{where}: {what} cannot be enforced by a grammar", param=self._param)
+
+    def rules(self) -> dict[str, str]:
+        """All rules produced so far, the primitives they use included."""
+        needed = set(self._primitives) | {"ws"}
+        pending = list(needed)
+        while pending:
+            for dependency in PRIMITIVE_DEPENDENCIES.get(pending.pop(), ()):
+                if dependency not in needed:
+                    needed.add(dependency)
+                    pending.append(dependency)
+        primitives = {name: PRIMITIVE_RULES[name] for name in PRIMITIVE_RULES if name in needed}
+        return {**self._rules, **primitives}
+
+    def primitive(self, name: str) -> str:
+        """Reference a shared primitive rule."""
+        self._primitives.add(name)
+        return name
+
+    def add_rule(self, name_hint: str, body: str) -> str:
+        """Add a rule (reusing an identical one); return its name."""
+        if body in self._bodies:
+            return self._bodies[body]
+        name = self._fresh_name(name_hint)
+        self._rules[name] = body
+        self._bodies[body] = name
+        return name
+
+    def _fresh_name(self, hint: str) -> str:
+        base = re.sub(r"[^a-zA-Z0-9]+", "-", hint).strip("-").lower() or "rule"
+        if base in PRIMITIVE_RULES:
+            base += "-x"
+        name, counter = base, 1
+        while name in self._rules or name in PRIMITIVE_RULES:
+            counter += 1
+            name = f"{base}{counter}"
+        return name
+
+    # -- schemas --
+
+    def visit(self, schema: object, path: str, hint: str) -> str:
+        """A GBNF expression (usually a rule name) for the instances of ``schema``."""
+        if schema is True or schema == {}:
+            return self.primitive("value")
+        if schema is False:
+            raise self.fail(path, "a false schema (nothing is allowed)")
+        if not isinstance(schema, Mapping):
+            raise self.fail(path, f"a schema of type {type(schema).__name__}")
+        for keyword in schema:
+            if keyword in UNSUPPORTED:
+                raise self.fail(path, f"'{keyword}'")
+        if schema.get("uniqueItems") is True:
+            raise self.fail(path, "'uniqueItems'")
+        if "$ref" in schema:
+            extra = set(schema) - ANNOTATIONS - {"$ref"}
+            if extra:
+                raise self.fail(path, f"'$ref' beside {sorted(extra)}")
+            return self._ref(schema["$ref"], path)
+        if "allOf" in schema:
+            return self.visit(self._merge_all_of(schema, path), path, hint)
+        if "const" in schema:
+            return self.add_rule(hint, json_literal(schema["const"]))
+        if "enum" in schema:
+            values = schema["enum"]
+            if not isinstance(values, list) or not values:
+                raise self.fail(path, "an empty 'enum'")
+            return self.add_rule(hint, " | ".join(json_literal(value) for value in values))
+        for keyword in ("anyOf", "oneOf"):
+            if keyword in schema:
+                return self._any_of(schema, keyword, path, hint)
+        types = schema.get("type")
+        if types is None:
+            types = self._implied_type(schema)
+        if isinstance(types, list):
+            if not types:
+                raise self.fail(path, "an empty 'type' list")
+            options = [self._typed(schema, kind, path, f"{hint}-{kind}") for kind in types]
+            return self.add_rule(hint, " | ".join(options))
+        return self._typed(schema, types, path, hint)
+
+    def _implied_type(self, schema: Mapping) -> str | None:
+        if any(key in schema for key in ("properties", "additionalProperties", "required")):
+            return "object"
+        if any(key in schema for key in ("items", "prefixItems", "minItems", "maxItems")):
+            return "array"
+        if any(key in schema for key in ("minLength", "maxLength")):
+            return "string"
+        if any(key in schema for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")):
+            return "number"
+        return None
+
+    def _typed(self, schema: Mapping, kind: str | None, path: str, hint: str) -> str:
+        if kind is None:
+            return self.primitive("value")
+        if kind == "object":
+            return self._object(schema, path, hint)
+        if kind == "array":
+            return self._array(schema, path, hint)
+        if kind == "string":
+            return self._string(schema, path, hint)
+        if kind == "integer":
+            return self._integer(schema, path, hint)
+        if kind == "number":
+            return self._number(schema, path, hint)
+        if kind == "boolean":
+            return self.primitive("boolean")
+        if kind == "null":
+            return self.primitive("null")
+        raise self.fail(path, f"type {kind!r}")
+
+    def _ref(self, ref: object, path: str) -> str:
+        if not isinstance(ref, str) or not ref.startswith("#"):
+            raise self.fail(path, f"a non-local '$ref' {ref!r}")
+        if ref in self._refs:
+            return self._refs[ref]
+        target: object = self._root
+        for part in [p for p in ref[1:].split("/") if p]:
+            part = part.replace("~1", "/").replace("~0", "~")
+            if not isinstance(target, Mapping) or part not in target:
+                raise UnsupportedSchemaError(f"{self._location}{path}: '$ref' {ref!r} points nowhere", param=self._param)
+            target = target[part]
+        name = self._fresh_name("ref-" + (ref.rsplit("/", 1)[-1] or "root"))
+        self._refs[ref] = name
+        self._rules[name] = ""  # reserve the name; recursion refers to it
+        self._rules[name] = self.visit(target, ref, name + "-body")
+        return name
+
+    def _merge_all_of(self, schema: Mapping, path: str) -> dict:
+        merged: dict = {key: value for key, value in schema.items() if key != "allOf"}
+        for index, part in enumerate(schema["allOf"]):
+            while isinstance(part, Mapping) and "$ref" in part and len(part) == 1:
+                part = self._resolve(part["$ref"], path)
+            if not isinstance(part, Mapping):
+                raise self.fail(f"{path}.allOf[{index}]", "a non-object member")
+            for key, value in part.items():
+                if key == "properties":
+                    merged["properties"] = {**merged.get("properties", {}), **value}
+                elif key == "required":
+                    merged["required"] = list(dict.fromkeys([*merged.get("required", []), *value]))
+                elif key in ANNOTATIONS:
+                    continue
+                elif key in merged and merged[key] != value:
+                    raise self.fail(f"{path}.allOf[{index}]", f"'allOf' members that disagree on '{key}'")
+                else:
+                    merged[key] = value
+        return merged
+
+    def _resolve(self, ref: str, path: str) -> object:
+        target: object = self._root
+        for part in [p for p in ref.lstrip("#").split("/") if p]:
+            if not isinstance(target, Mapping) or part not in target:
+                raise self.fail(path, f"'$ref' {ref!r}")
+            target = target[part]
+        return target
+
+    def _any_of(self, schema: Mapping, keyword: str, path: str, hint: str) -> str:
+        branches = schema[keyword]
+        if not isinstance(branches, list) or not branches:
+            raise self.fail(path, f"an empty '{keyword}'")
+        siblings = {k: v for k, v in schema.items() if k not in ANNOTATIONS and k != keyword}
+        options = []
+        for index, branch in enumerate(branches):
+            if siblings and isinstance(branch, Mapping):
+                branch = {**siblings, **branch}
+            options.append(self.visit(branch, f"{path}.{keyword}[{index}]", f"{hint}-{index}"))
+        return self.add_rule(hint, " | ".join(options))
+
+    def _object(self, schema: Mapping, path: str, hint: str) -> str:
+        properties = schema.get("properties") or {}
+        required = list(schema.get("required") or [])
+        additional = schema.get("additionalProperties", True)
+        for name in required:
+            if name not in properties:
+                if additional is False:
+                    raise self.fail(path, f"required property {name!r} that is not allowed")
+                properties = {**properties, name: additional if isinstance(additional, Mapping) else True}
+        if not properties:
+            if additional is False:
+                return self.add_rule(hint, '"{" ws "}"')
+            if additional is True or additional == {}:
+                return self.primitive("object")
+            value = self.visit(additional, f"{path}.additionalProperties", f"{hint}-value")
+            pair = f'{self.primitive("string")} ":" ws {value}'
+            return self.add_rule(hint, f'"{{" ws ( {pair} ( "," ws {pair} )* )? "}}"')
+        pairs: dict[str, str] = {}
+        for name, subschema in properties.items():
+            if subschema is False:
+                continue
+            value = self.visit(subschema, f"{path}.properties.{name}", f"{hint}-{name}")
+            pairs[name] = f"{json_literal(name)} \":\" ws {value}"
+        required_names = [name for name in properties if name in required and name in pairs]
+        optional_names = [name for name in pairs if name not in required_names]
+        body = ' "," ws '.join(pairs[name] for name in required_names)
+        tail = self._optional_tail(optional_names, pairs, hint, leading_comma=bool(required_names))
+        inner = " ".join(part for part in (body, tail) if part)
+        return self.add_rule(hint, f'"{{" ws {inner} "}}"' if inner else '"{" ws "}"')
+
+    def _optional_tail(self, names: list[str], pairs: dict[str, str], hint: str, leading_comma: bool) -> str:
+        """Optional properties in order, any subset; commas only between present ones."""
+        if not names:
+            return ""
+        # after[i]: any subset of names[i:], each preceded by a comma
+        after: list[str] = [""] * (len(names) + 1)
+        for i in range(len(names) - 1, -1, -1):
+            rest = f" {after[i + 1]}" if after[i + 1] else ""
+            after[i] = self.add_rule(f"{hint}-after-{names[i]}", f'( "," ws {pairs[names[i]]} )?{rest}')
+        if leading_comma:
+            return after[0]
+        options = [pairs[name] + (f" {after[i + 1]}" if after[i + 1] else "") for i, name in enumerate(names)]
+        return "( " + " | ".join(options) + " )?"
+
+    def _array(self, schema: Mapping, path: str, hint: str) -> str:
+        min_items = int(schema.get("minItems", 0))
+        max_items = schema.get("maxItems")
+        prefix = schema.get("prefixItems") or []
+        items = schema.get("items", True)
+        elements = [self.visit(sub, f"{path}.prefixItems[{i}]", f"{hint}-{i}") for i, sub in enumerate(prefix)]
+        if prefix:
+            if items is not False:
+                raise self.fail(path, "'prefixItems' followed by more items")
+            if min_items > len(prefix) or (max_items is not None and max_items < len(prefix)):
+                raise self.fail(path, "'prefixItems' with 'minItems'/'maxItems'")
+            seq = ' "," ws '.join(elements)
+            return self.add_rule(hint, f'"[" ws {seq} "]"')
+        if items is False:
+            return self.add_rule(hint, '"[" ws "]"')
+        item = self.visit(items, f"{path}.items", f"{hint}-item")
+        if max_items == 0:
+            return self.add_rule(hint, '"[" ws "]"')
+        more_min = max(min_items - 1, 0)
+        more_max = "" if max_items is None else str(int(max_items) - 1)
+        repeat = f'( "," ws {item} ){{{more_min},{more_max}}}'
+        if (more_min, more_max) == (0, ""):
+            repeat = f'( "," ws {item} )*'
+        seq = f"{item} {repeat}"
+        return self.add_rule(hint, f'"[" ws {seq} "]"' if min_items > 0 else f'"[" ws ( {seq} )? "]"')
+
+    def _string(self, schema: Mapping, path: str, hint: str) -> str:
+        low = int(schema.get("minLength", 0))
+        high = schema.get("maxLength")
+        if low == 0 and high is None:
+            return self.primitive("string")
+        char = self.primitive("char")
+        return self.add_rule(hint, f'"\\"" {char}{{{low},{"" if high is None else int(high)}}} "\\""')
+
+    def _bounds(self, schema: Mapping, path: str) -> tuple[float | None, bool, float | None, bool]:
+        """(low, low inclusive, high, high inclusive), the tightest of the given bounds."""
+        low, low_incl, high, high_incl = None, True, None, True
+        for keyword, is_low, inclusive in (
+            ("minimum", True, True), ("exclusiveMinimum", True, False),
+            ("maximum", False, True), ("exclusiveMaximum", False, False),
+        ):
+            value = schema.get(keyword)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise self.fail(path, f"a non-numeric '{keyword}'")
+            if is_low and (low is None or value > low or (value == low and not inclusive)):
+                low, low_incl = value, inclusive
+            if not is_low and (high is None or value < high or (value == high and not inclusive)):
+                high, high_incl = value, inclusive
+        return low, low_incl, high, high_incl
+
+    def _integer(self, schema: Mapping, path: str, hint: str) -> str:
+        low, low_incl, high, high_incl = self._bounds(schema, path)
+        if low is None and high is None:
+            return self.primitive("integer")
+        int_low = None if low is None else (math.ceil(low) if low_incl else math.floor(low) + 1)
+        int_high = None if high is None else (math.floor(high) if high_incl else math.ceil(high) - 1)
+        if int_low is not None and int_high is not None and int_low > int_high:
+            raise self.fail(path, "an empty integer range")
+        return self.add_rule(hint, integer_range(int_low, int_high))
+
+    def _number(self, schema: Mapping, path: str, hint: str) -> str:
+        low, low_incl, high, high_incl = self._bounds(schema, path)
+        if low is None and high is None:
+            return self.primitive("number")
+        for bound in (low, high):
+            if bound is not None and bound != int(bound):
+                raise self.fail(path, "a non-integer bound on a number")
+        fraction = f'( "." [0-9]{{1,{MAX_FRACTION_DIGITS}}} )?'
+        nonzero = f'"." [0-9]{{0,{MAX_FRACTION_DIGITS - 1}}} [1-9]'
+        zeros = f'( "." "0"{{1,{MAX_FRACTION_DIGITS}}} )?'
+        options = []
+        # non-negative part: magnitude in [max(low,0), high]
+        if high is None or high >= 0:
+            a, a_incl = (int(low), low_incl) if low is not None and low >= 0 else (0, True)
+            options += self._magnitudes(a, a_incl, None if high is None else int(high), high_incl, fraction, nonzero, zeros, "")
+        if low is None or low < 0:
+            if high is not None and high < 0:
+                a, a_incl = -int(high), high_incl
+            else:
+                a, a_incl = 0, False
+            b = None if low is None else -int(low)
+            options += self._magnitudes(a, a_incl, b, low_incl, fraction, nonzero, zeros, '"-" ')
+        if not options:
+            raise self.fail(path, "an empty number range")
+        return self.add_rule(hint, " | ".join(options))
+
+    @staticmethod
+    def _magnitudes(a, a_incl, b, b_incl, fraction, nonzero, zeros, sign) -> list[str]:
+        """Decimals of magnitude between a and b (integers; b None: unbounded) with a sign prefix."""
+        options = []
+        if b is not None and a > b:
+            return options
+        if b is not None and a == b:
+            return [f'{sign}"{a}" {zeros}'] if a_incl and b_incl else []
+        options.append(f'{sign}"{a}" ' + (fraction if a_incl else nonzero))
+        if b is None or b - 1 >= a + 1:
+            options.append(f"{sign}( {natural_range(a + 1, None if b is None else b - 1)} ) {fraction}")
+        if b is not None and b_incl:
+            options.append(f'{sign}"{b}" {zeros}')
+        return [option for option in options if option]
+
+
+def render_grammar(rules: Mapping[str, str]) -> str:
+    """GBNF text, one rule per line, ``root`` first."""
+    ordered = sorted(rules, key=lambda name: name != "root")
+    return "\n".join(f"{name} ::= {rules[name]}" for name in ordered) + "\n"
+
+
+def json_schema_to_gbnf(schema: Mapping | bool, *, param: str = "response_format") -> str:
+    """A GBNF grammar whose root accepts JSON instances of ``schema`` (whitespace-limited)."""
+    converter = SchemaConverter(schema, param=param, location="json_schema")
+    root = converter.visit(schema, "", "root")
+    rules = converter.rules()
+    if root != "root":
+        rules["root"] = root
+    return render_grammar(rules)
+
+
+def json_object_grammar() -> str:
+    """A GBNF grammar for any JSON object (``response_format: {"type": "json_object"}``)."""
+    converter = SchemaConverter({}, param="response_format", location="json_object")
+    converter.primitive("object")
+    rules = converter.rules()
+    rules["root"] = "object"
+    return render_grammar(rules)
+
+
+@dataclass(frozen=True)
+class ForcedFunction:
+    """``tool_choice: {"type": "function", "function": {"name": ...}}``: exactly this function."""
+
+    name: str
+
+
+ToolGrammarMode = Literal["required", "auto_optional"] | ForcedFunction
+
+
+def tool_call_grammar(
+    tools: Sequence[Mapping],
+    mode: ToolGrammarMode,
+    wrapper: ToolCallFormat = HERMES_CALL_FORMAT,
+    *,
+    parallel: bool = True,
+) -> str:
+    """A GBNF grammar for tool calls written in ``wrapper``'s format.
+
+    ``required``: one call (several when ``parallel``); a ``ForcedFunction``: calls of that one
+    function; ``auto_optional``: free text that never opens a call, optionally followed by calls.
+    """
+    converter = SchemaConverter({}, param="tools", location="tools")
+    call_rules: dict[str, str] = {}
+    for index, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, Mapping) else None
+        if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+            raise InvalidRequestError(f"tools[{index}] is not a function tool with a name", param="tools")
+        name = function["name"]
+        parameters = function.get("parameters") or {"type": "object", "properties": {}}
+        location = f"tools[{index}].function.parameters"
+        arguments = converter.visit_root(parameters, location=location, hint=f"{name}-args")
+        call_rules[name] = converter.add_rule(f"call-{name}", wrapper.grammar_sequence(name, arguments))
+    if isinstance(mode, ForcedFunction):
+        if mode.name not in call_rules:
+            raise InvalidRequestError(f"tool_choice names {mode.name!r}, which is not in tools", param="tool_choice")
+        one_call = call_rules[mode.name]
+    else:
+        if not call_rules:
+            raise InvalidRequestError("tool_choice needs at least one tool", param="tools")
+        one_call = converter.add_rule("tool-call", " | ".join(call_rules.values()))
+    calls = f"{one_call} ( {gbnf_literal(wrapper.separator)} {one_call} )*" if parallel else one_call
+    rules = converter.rules()
+    if mode == "auto_optional":
+        rules.update(text_without_rules(wrapper.prefix, "free-text"))
+        rules["root"] = f"free-text ( {calls} )?"
+    else:
+        rules["root"] = calls
+    return render_grammar(rules)
+
+
+def text_without_rules(forbidden: str, name: str) -> dict[str, str]:
+    """Rules for any text that never contains ``forbidden`` (a KMP automaton, one rule a state)."""
+    size = len(forbidden)
+    # failure function
+    fail = [0] * size
+    k = 0
+    for i in range(1, size):
+        while k and forbidden[i] != forbidden[k]:
+            k = fail[k - 1]
+        if forbidden[i] == forbidden[k]:
+            k += 1
+        fail[i] = k
+
+    def next_state(state: int, char: str) -> int:
+        while state and forbidden[state] != char:
+            state = fail[state - 1]
+        return state + 1 if forbidden[state] == char else 0
+
+    def state_name(state: int) -> str:
+        return name if state == 0 else f"{name}-{state}"
+
+    rules = {}
+    alphabet = sorted(set(forbidden))
+    for state in range(size):
+        options = []
+        for char in alphabet:
+            target = next_state(state, char)
+            if target < size:
+                options.append(f"{gbnf_literal(char)} {state_name(target)}")
+        others = "".join(_class_char(char) for char in alphabet)
+        options.append(f"[^{others}] {name}")
+        rules[state_name(state)] = "| " + " | ".join(options)
+    return rules
+
+
+def _class_char(char: str) -> str:
+    return "\\" + char if char in "]^-\\[" else char
