@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from minerva.api.sse import sse_body, sse_response
+from minerva.errors import QueueFullError
 from minerva.protocol.chunks import collect_chat_completion, collect_completion
 from minerva.protocol.requests import ChatCompletionRequest, CompletionRequest
 from minerva.services.chat import chat_chunks, prepare_chat
@@ -57,6 +58,8 @@ async def _respond(request: Request, stream: bool, include_usage: bool, open_chu
     stack = contextlib.AsyncExitStack()
     engine = await stack.enter_async_context(state.pool.use(model))
     try:
+        if engine.stats().get("queued", 0) >= state.settings.queue_limit:
+            raise QueueFullError(f"too many requests are waiting for model '{model.id}'; retry shortly")
         chunks = open_chunks(engine, model.id)
     except BaseException:
         await stack.aclose()

@@ -36,7 +36,7 @@ def load_engine(model: RegisteredModel, settings: Settings) -> Engine:
         raise ModelLoadError(f"no engine available for {model.info.format} models: {exc}") from exc
     return engine_cls.load(
         model.info,
-        n_ctx=settings.n_ctx,
+        n_ctx=settings.n_ctx or default_context_length(model, settings),
         n_slots=settings.n_slots,
         n_threads=settings.n_threads,
         n_batch=settings.n_batch,
@@ -44,14 +44,29 @@ def load_engine(model: RegisteredModel, settings: Settings) -> Engine:
     )
 
 
+def kv_bytes_per_token(model: RegisteredModel) -> int:
+    """An upper bound on KV-cache bytes per token (f16 K and V, no grouped-query savings assumed)."""
+    return 2 * 2 * (model.info.block_count or 24) * (model.info.embedding_length or 1024)
+
+
+def default_context_length(model: RegisteredModel, settings: Settings) -> int | None:
+    """The trained context, capped so every slot's KV cache fits in half the memory budget."""
+    trained = model.info.context_length
+    if trained is None:
+        return None
+    budget = (settings.memory_budget_mb * 1024**2) if settings.memory_budget_mb else physical_memory_bytes() * 0.8
+    room = budget * 0.5 - model.info.file_size_bytes
+    cap = int(room // (kv_bytes_per_token(model) * max(1, settings.n_slots))) // 256 * 256
+    if cap < trained:
+        logger.warning("model %s: context capped at %d tokens (trained %d) to fit memory; set n_ctx to override",
+                       model.id, max(cap, 512), trained)
+    return max(512, min(trained, cap))
+
+
 def estimate_memory_bytes(model: RegisteredModel, settings: Settings) -> int:
     """What a loaded model will hold: its weights plus a KV cache for every slot (f16)."""
-    info = model.info
-    n_ctx = settings.n_ctx or min(info.context_length or 4096, 32768)
-    layers = info.block_count or 24
-    width = info.embedding_length or 1024
-    kv = 2 * 2 * layers * width * n_ctx * max(1, settings.n_slots)
-    return info.file_size_bytes + kv
+    n_ctx = settings.n_ctx or default_context_length(model, settings) or 4096
+    return model.info.file_size_bytes + kv_bytes_per_token(model) * n_ctx * max(1, settings.n_slots)
 
 
 def physical_memory_bytes() -> int:
