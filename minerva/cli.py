@@ -55,6 +55,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args, host=args.host, port=args.port, n_ctx=args.ctx_size, n_slots=args.slots,
         n_threads=args.threads, api_keys=args.api_keys or None,
     )
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_keys:
+        logger.warning("binding %s without an API key: anyone who can reach this address can use the models "
+                       "(set --api-key or MINERVA_API_KEYS)", settings.host)
     app = create_app(settings)
     logger.info("minerva serving on http://%s:%d/v1", settings.host, settings.port)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,

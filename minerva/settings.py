@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from minerva.errors import InvalidRequestError
 
@@ -19,7 +20,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
-    models_dirs: list[Path] = Field(default_factory=lambda: [Path("~/.minerva/models")])
+    models_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=lambda: [Path("~/.minerva/models")])
     models: dict[str, Path] = Field(default_factory=dict)  # explicit id -> path registrations
     include_default_model: bool = True
     config_file: Path | None = None
@@ -32,13 +33,23 @@ class Settings(BaseSettings):
     idle_ttl_s: float = 1800.0  # unload a model idle this long (0: never)
     memory_budget_mb: int | None = None  # None: 80% of physical memory
 
-    api_keys: list[str] = Field(default_factory=list)
-    cors_origins: list[str] = Field(default_factory=list)
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = 16 * 1024 * 1024
     keepalive_interval_s: float = 2.0
     shutdown_grace_s: float = 30.0
     log_prompts: bool = False
     log_level: str = "info"
+
+    @field_validator("models_dirs", "api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_env_lists(cls, value: Any, info: ValidationInfo) -> Any:
+        """MINERVA_API_KEYS="k1,k2"; MINERVA_MODELS_DIRS="a,b" (or os.pathsep-separated)."""
+        if not isinstance(value, str):
+            return value
+        if info.field_name == "models_dirs":
+            value = value.replace(os.pathsep, ",")
+        return [part.strip() for part in value.split(",") if part.strip()]
 
     @field_validator("models_dirs", mode="after")
     @classmethod

@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from minerva import __version__
 from minerva.api.errors import install_error_handlers
+from minerva.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from minerva.api.routes_generation import router as generation_router
 from minerva.api.routes_models import router as models_router
 from minerva.default_model import default_model_path
@@ -57,6 +59,13 @@ def create_app(settings: Settings | None = None, *, loader: EngineLoader = load_
     app = FastAPI(title="minerva", version=__version__, lifespan=lifespan)
     app.state.minerva = state
     install_error_handlers(app)
+    # Added last runs first: request context wraps everything, then auth, then the body limit.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["x-request-id"])
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+    app.add_middleware(RequestContextMiddleware)
     app.include_router(models_router)
     app.include_router(generation_router)
 

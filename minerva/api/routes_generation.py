@@ -51,16 +51,27 @@ async def _collect_unless_disconnected(request: Request, chunks: AsyncIterator[d
             task.cancel()
 
 
+async def _recording_usage(chunks: AsyncIterator[dict], record: dict) -> AsyncIterator[dict]:
+    """Pass chunks through, noting the usage for the request's log line."""
+    async with contextlib.aclosing(chunks) as items:  # type: ignore[type-var]
+        async for chunk in items:
+            if chunk.get("usage"):
+                record["usage"] = chunk["usage"]
+            yield chunk
+
+
 async def _respond(request: Request, stream: bool, include_usage: bool, open_chunks: Callable,
                    collect: Callable[[list[dict]], dict], model_id: str) -> Response:
     state = request.app.state.minerva
+    record = request.scope.get("state", {}).get("access", {})
+    record["model"] = model_id
     model = state.registry.get(model_id)
     stack = contextlib.AsyncExitStack()
     engine = await stack.enter_async_context(state.pool.use(model))
     try:
         if engine.stats().get("queued", 0) >= state.settings.queue_limit:
             raise QueueFullError(f"too many requests are waiting for model '{model.id}'; retry shortly")
-        chunks = open_chunks(engine, model.id)
+        chunks = _recording_usage(open_chunks(engine, model.id), record)
     except BaseException:
         await stack.aclose()
         raise
@@ -73,6 +84,7 @@ async def _respond(request: Request, stream: bool, include_usage: bool, open_chu
     async with stack:
         collected = await _collect_unless_disconnected(request, chunks)
     if collected is None:
+        record["outcome"] = "client_disconnected"
         return Response(status_code=499)
     return JSONResponse(collect(collected))
 

@@ -1,0 +1,155 @@
+"""Pure ASGI middleware: request ids and one log line per request, API keys, body-size limit."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from minerva.errors import AuthenticationError, MinervaError, PayloadTooLargeError
+
+logger = logging.getLogger("minerva.access")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+OPEN_PATHS = frozenset({"/health", "/metrics"})
+
+
+async def send_error(send: Send, error: MinervaError, extra_headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    """Answer with an error envelope straight from middleware."""
+    body = json.dumps(error.to_envelope()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               *[(k.lower().encode(), v.encode()) for k, v in error.headers().items()], *extra_headers]
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+class RequestContextMiddleware:
+    """Gives each request an id (echoed as x-request-id) and logs one line when it ends."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = (_header(scope, b"x-request-id") or "")[:64] or f"req_{secrets.token_hex(8)}"
+        scope.setdefault("state", {})["request_id"] = request_id
+        record: dict[str, Any] = {"status": None, "first_byte": None}
+        scope["state"]["access"] = record
+        started = time.perf_counter()
+
+        async def tagged_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record["status"] = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+            elif message["type"] == "http.response.body" and record["first_byte"] is None:
+                record["first_byte"] = time.perf_counter()
+            await send(message)
+
+        outcome = "ok"
+        try:
+            await self.app(scope, receive, tagged_send)
+        except BaseException as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            usage = record.get("usage") or {}
+            logger.info(
+                "%s %s %s status=%s model=%s prompt_tokens=%s completion_tokens=%s cached_tokens=%s "
+                "ttfb_ms=%s total_ms=%.1f outcome=%s",
+                request_id, scope.get("method"), scope.get("path"), record["status"], record.get("model", "-"),
+                usage.get("prompt_tokens", "-"), usage.get("completion_tokens", "-"),
+                (usage.get("prompt_tokens_details") or {}).get("cached_tokens", "-"),
+                "-" if record["first_byte"] is None else f"{(record['first_byte'] - started) * 1000:.1f}",
+                elapsed_ms, record.get("outcome", outcome),
+            )
+
+
+class ApiKeyMiddleware:
+    """With keys configured, every /v1 request needs `Authorization: Bearer <key>` (constant-time check)."""
+
+    def __init__(self, app: ASGIApp, keys: Iterable[str]):
+        self.app = app
+        self._keys = [k.encode() for k in keys if k]
+
+    def _authorized(self, scope: Scope) -> bool:
+        header = _header(scope, b"authorization") or ""
+        scheme, _, token = header.partition(" ")
+        presented = token.strip().encode() if scheme.lower() == "bearer" else b""
+        matched = False
+        for key in self._keys:  # compare against every key so timing does not reveal which matched
+            matched |= hmac.compare_digest(presented, key)
+        return matched
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self._keys and scope["path"] not in OPEN_PATHS \
+                and scope.get("method") != "OPTIONS" and not self._authorized(scope):
+            await send_error(send, AuthenticationError("Incorrect or missing API key. Send "
+                                                       "'Authorization: Bearer <key>'."),
+                             [(b"www-authenticate", b"Bearer")])
+            return
+        await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over the limit with a 413 before reading them whole.
+
+    The body is read here (the app would read it whole anyway to parse JSON), stopping at the limit,
+    then replayed to the app; later receive() calls go to the client so disconnects are still seen.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        too_large = PayloadTooLargeError(f"Request body exceeds the limit of {self.max_bytes} bytes.")
+        declared = _header(scope, b"content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+            await send_error(send, too_large)
+            return
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await send_error(send, too_large)
+                return
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(parts), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
