@@ -318,9 +318,9 @@ class _Mode(Enum):
 class MarkupParser(IncrementalParser):
     """The streaming machine for tag-style formats: content, reasoning tags and tool-call regions.
 
-    Whitespace right before a tool call, right after a call and right after reasoning is dropped,
-    so only the text around calls remains content; other whitespace is passed through (held only
-    until the next visible character decides it).
+    Whitespace is held until the next visible character decides it: the whitespace after a call or
+    after reasoning is dropped, the whitespace before a call is kept only if content follows the
+    call, and leading whitespace before the first call or reasoning is dropped.
     """
 
     tool_syntax: ToolSyntax | None = None
@@ -341,6 +341,7 @@ class MarkupParser(IncrementalParser):
         self._buffer = ""
         self._pending_space = ""
         self._segment_start = True  # nothing visible since the start, a call or reasoning
+        self._shown_content = False  # any visible content emitted yet
         self._after_call = False
         self._region: ToolMarker | None = None
         self._region_scanner: JsonValueScanner | None = None
@@ -380,19 +381,17 @@ class MarkupParser(IncrementalParser):
         if not text:
             return
         stripped = text.rstrip()
-        if not stripped:
-            self._pending_space += text
-            return
         if self._after_call:
-            self._pending_space = ""
             stripped = stripped.lstrip()
-            self._after_call = False
-            lead = ""
-        else:
-            lead = self._pending_space
-        self._out.append(ContentDelta(lead + stripped))
+        if not stripped:
+            if not self._after_call:
+                self._pending_space += text
+            return
+        self._after_call = False
+        self._out.append(ContentDelta(self._pending_space + stripped))
         self._pending_space = text[len(text.rstrip()) :]
         self._segment_start = False
+        self._shown_content = True
 
     def _run(self, final: bool) -> None:
         progressing = True
@@ -413,11 +412,11 @@ class MarkupParser(IncrementalParser):
         if syntax and syntax.bare_json and self._segment_start:
             stripped = self._buffer.lstrip()
             if not stripped:
-                self._pending_space += self._buffer
+                self._content(self._buffer)
                 self._buffer = ""
                 return False
             if stripped[0] in "{[":
-                self._pending_space += self._buffer[: len(self._buffer) - len(stripped)]
+                self._content(self._buffer[: len(self._buffer) - len(stripped)])
                 self._buffer = stripped
                 self._enter_tool(None)
                 return True
@@ -447,7 +446,8 @@ class MarkupParser(IncrementalParser):
             self._out.append(ReasoningDelta(self._buffer[:position]))
             self._buffer = self._buffer[position + len(close) :]
             self._mode = _Mode.CONTENT
-            self._pending_space = ""
+            if not self._shown_content:
+                self._pending_space = ""
             self._segment_start = True
             self._after_call = True  # drop the blank lines models put after reasoning
             return True
@@ -500,7 +500,8 @@ class MarkupParser(IncrementalParser):
             self._region = None
             self._content(opening + raw)
             return
-        self._pending_space = ""
+        if not self._shown_content:
+            self._pending_space = ""  # blank lines before the first call are nobody's content
         self._out.extend(self._emit_calls(calls))
         self._mode = _Mode.CONTENT
         self._region = None
