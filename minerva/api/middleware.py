@@ -51,9 +51,9 @@ class RequestContextMiddleware:
             return
         request_id = (_header(scope, b"x-request-id") or "")[:64] or f"req_{secrets.token_hex(8)}"
         scope.setdefault("state", {})["request_id"] = request_id
-        record: dict[str, Any] = {"status": None, "first_byte": None}
-        scope["state"]["access"] = record
         started = time.perf_counter()
+        record: dict[str, Any] = {"status": None, "first_byte": None, "started": started}
+        scope["state"]["access"] = record
 
         async def tagged_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -74,11 +74,11 @@ class RequestContextMiddleware:
             usage = record.get("usage") or {}
             logger.info(
                 "%s %s %s status=%s model=%s prompt_tokens=%s completion_tokens=%s cached_tokens=%s "
-                "ttfb_ms=%s total_ms=%.1f outcome=%s",
+                "ttft_ms=%s total_ms=%.1f outcome=%s",
                 request_id, scope.get("method"), scope.get("path"), record["status"], record.get("model", "-"),
                 usage.get("prompt_tokens", "-"), usage.get("completion_tokens", "-"),
                 (usage.get("prompt_tokens_details") or {}).get("cached_tokens", "-"),
-                "-" if record["first_byte"] is None else f"{(record['first_byte'] - started) * 1000:.1f}",
+                f"{(record['first_token'] - started) * 1000:.1f}" if "first_token" in record else "-",
                 elapsed_ms, record.get("outcome", outcome),
             )
 

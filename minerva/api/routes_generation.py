@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, Request
@@ -51,12 +52,23 @@ async def _collect_unless_disconnected(request: Request, chunks: AsyncIterator[d
             task.cancel()
 
 
+def _has_output(chunk: dict) -> bool:
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if choice.get("text") or delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"):
+            return True
+    return False
+
+
 async def _recording_usage(chunks: AsyncIterator[dict], record: dict) -> AsyncIterator[dict]:
-    """Pass chunks through, noting the usage for the request's log line."""
+    """Pass chunks through, noting first-output time and usage for the request's log line and metrics."""
     async with contextlib.aclosing(chunks) as items:  # type: ignore[type-var]
         async for chunk in items:
+            if "first_token" not in record and _has_output(chunk):
+                record["first_token"] = time.perf_counter()
             if chunk.get("usage"):
                 record["usage"] = chunk["usage"]
+                record["last_token"] = time.perf_counter()
             yield chunk
 
 
