@@ -149,11 +149,12 @@ class BatchScheduler:
     # ---- event-loop side -------------------------------------------------------------------
 
     def submit(self, seq: Sequence) -> None:
-        """Queue a sequence; raises QueueFullError when queue_limit sequences already wait."""
+        """Queue a sequence; QueueFullError when queue_limit sequences already wait beyond the free slots."""
         with self._cond:
             if self._closed:
                 raise ModelUnavailableError("The model is being unloaded; retry the request.")
-            if len(self._waiting) >= self._config.queue_limit:
+            # a burst may arrive before the worker has admitted it into free slots: those do not queue
+            if len(self._waiting) >= self._config.queue_limit + self._cache.free_slots():
                 raise QueueFullError(
                     f"{len(self._waiting)} requests are already waiting for this model; retry later."
                 )
@@ -367,10 +368,10 @@ class BatchScheduler:
         """End a sequence: emit its last event (None for a cancelled one) and free its slot."""
         if seq in self._active:
             self._active.remove(seq)
-        if seq.slot is not None:
-            self._cache.release(seq.slot.seq_id)
         seq.sampler.free()
         with self._cond:
+            if seq.slot is not None:
+                self._cache.release(seq.slot.seq_id)
             seq.finished = True
         if last is not None and not seq.cancelled:
             self._emit(seq, last)
