@@ -15,9 +15,11 @@ from minerva import __version__
 from minerva.api.errors import install_error_handlers
 from minerva.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from minerva.api.routes_generation import router as generation_router
+from minerva.api.routes_metrics import router as metrics_router
 from minerva.api.routes_models import router as models_router
 from minerva.default_model import default_model_path
 from minerva.engine.pool import EngineLoader, EnginePool, load_engine
+from minerva.metrics import ServerMetrics
 from minerva.registry import ModelRegistry
 from minerva.settings import Settings
 
@@ -32,6 +34,10 @@ class ServerState:
     registry: ModelRegistry
     pool: EnginePool
     response_cache: dict[str, tuple] = field(default_factory=dict)
+    metrics: ServerMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = ServerMetrics(self.pool)  # one registry per app, never the global one
 
 
 def build_registry(settings: Settings) -> ModelRegistry:
@@ -65,9 +71,10 @@ def create_app(settings: Settings | None = None, *, loader: EngineLoader = load_
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["x-request-id"])
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
     app.include_router(models_router)
     app.include_router(generation_router)
+    app.include_router(metrics_router)
 
     @app.get("/health")
     async def health() -> dict:

@@ -42,8 +42,9 @@ def _header(scope: Scope, name: bytes) -> str | None:
 class RequestContextMiddleware:
     """Gives each request an id (echoed as x-request-id) and logs one line when it ends."""
 
-    def __init__(self, app: ASGIApp):
+    def __init__(self, app: ASGIApp, metrics: Any = None):
         self.app = app
+        self.metrics = metrics  # a minerva.metrics.ServerMetrics, or None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,7 +71,10 @@ class RequestContextMiddleware:
             outcome = type(exc).__name__
             raise
         finally:
-            elapsed_ms = (time.perf_counter() - started) * 1000
+            ended = time.perf_counter()
+            elapsed_ms = (ended - started) * 1000
+            if self.metrics is not None:
+                self.metrics.observe_request(scope, record, ended)
             usage = record.get("usage") or {}
             logger.info(
                 "%s %s %s status=%s model=%s prompt_tokens=%s completion_tokens=%s cached_tokens=%s "
