@@ -1,0 +1,67 @@
+"""PrefixCache bookkeeping: slot choice, donor search and the always-recompute-one-token rule."""
+
+from __future__ import annotations
+
+from minerva.engine.prefix_cache import PrefixCache, common_prefix_length
+
+
+def test_common_prefix_length_across_block_boundaries():
+    a = list(range(1000))
+    assert common_prefix_length(a, a) == 1000
+    assert common_prefix_length(a, a[:300]) == 300
+    b = a[:600] + [-1] + a[601:]
+    assert common_prefix_length(a, b) == 600
+    assert common_prefix_length([], a) == 0
+
+
+def _hold(cache: PrefixCache, prompt: list[int], session: str | None = None) -> int:
+    plan = cache.plan(prompt, session)
+    assert plan is not None
+    slot = cache.claim(plan, prompt, session)
+    slot.tokens = list(prompt)  # as if the prompt was decoded
+    return slot.seq_id
+
+
+def test_empty_cache_reuses_nothing_and_fills_empty_slots_first():
+    cache = PrefixCache(3)
+    first = _hold(cache, [1, 2, 3])
+    cache.release(first)
+    plan = cache.plan([9, 9, 9], None)
+    assert plan.donor_seq_id is None and plan.reused_tokens == 0
+    assert plan.seq_id != first  # an empty slot is taken before evicting cached cells
+
+
+def test_reuses_longest_prefix_but_recomputes_the_last_prompt_token():
+    cache = PrefixCache(2)
+    seq = _hold(cache, [1, 2, 3, 4])
+    cache.release(seq)
+    plan = cache.plan([1, 2, 3, 4], None)
+    assert plan.seq_id == seq and plan.donor_seq_id == seq and plan.reused_tokens == 3
+    plan = cache.plan([1, 2, 7], None)
+    assert plan.reused_tokens == 2
+
+
+def test_busy_donor_is_copied_into_another_slot():
+    cache = PrefixCache(2)
+    busy = _hold(cache, [5, 6, 7, 8, 9])
+    plan = cache.plan([5, 6, 7, 1], None)
+    assert plan.seq_id != busy and plan.donor_seq_id == busy and plan.reused_tokens == 3
+
+
+def test_session_slot_is_preferred_and_lru_is_evicted():
+    cache = PrefixCache(3)
+    a = _hold(cache, [1, 1], session="a")
+    b = _hold(cache, [2, 2], session="b")
+    c = _hold(cache, [3, 3])
+    for seq in (b, a, c):
+        cache.release(seq)
+    assert cache.plan([8, 8], "a").seq_id == a
+    assert cache.plan([8, 8], None).seq_id == b  # least recently released
+    assert cache.plan([3, 3, 4], None).seq_id == c  # its own cells are the best donor
+
+
+def test_no_plan_when_every_slot_is_busy():
+    cache = PrefixCache(1)
+    _hold(cache, [1])
+    assert cache.plan([1, 2], None) is None
+    assert cache.free_slots() == 0
