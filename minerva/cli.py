@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from minerva.errors import MinervaError
@@ -45,6 +50,46 @@ def _derive(path: Path) -> str:
     return derive_model_id(path)
 
 
+FORCED_EXIT_CODE = 128 + signal.SIGINT  # what a shell reports for a process ended by Ctrl+C
+
+
+def _graceful_server(config):
+    """A uvicorn.Server whose SIGTERM/SIGINT drains in-flight requests (up to the config's graceful
+    timeout) and then returns normally, so the process exits 0; a second SIGINT exits at once.
+
+    Stock uvicorn re-raises the caught signal after draining, which would end the process by
+    SIGTERM (status -15) rather than 0, and its forced exit still waits on the model's threads.
+    """
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+        def handle_exit(self, sig: int, frame) -> None:
+            if self.should_exit and sig == signal.SIGINT:
+                logger.warning("second interrupt: exiting now without finishing requests")
+                logging.shutdown()
+                os._exit(FORCED_EXIT_CODE)
+            if not self.should_exit:
+                logger.info("%s received: no new connections; finishing in-flight requests for up to %.0f s "
+                            "(Ctrl+C again to quit now)", signal.Signals(sig).name,
+                            self.config.timeout_graceful_shutdown or 0)
+            self.should_exit = True
+
+    return GracefulServer(config)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the HTTP server."""
     import uvicorn
@@ -60,8 +105,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        "(set --api-key or MINERVA_API_KEYS)", settings.host)
     app = create_app(settings)
     logger.info("minerva serving on http://%s:%d/v1", settings.host, settings.port)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_s), access_log=False)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            timeout_graceful_shutdown=settings.shutdown_grace_s, access_log=False)  # type: ignore[arg-type]
+    _graceful_server(config).run()
+    logger.info("minerva stopped")
     return 0
 
 
