@@ -385,26 +385,32 @@ class SchemaConverter:
                 continue
             value = self.visit(subschema, f"{path}.properties.{name}", f"{hint}-{name}")
             pairs[name] = f"{json_literal(name)} \":\" ws {value}"
-        required_names = [name for name in properties if name in required and name in pairs]
-        optional_names = [name for name in pairs if name not in required_names]
-        body = ' "," ws '.join(pairs[name] for name in required_names)
-        tail = self._optional_tail(optional_names, pairs, hint, leading_comma=bool(required_names))
-        inner = " ".join(part for part in (body, tail) if part)
+        names = list(pairs)
+        inner = self._property_sequence(names, set(required), pairs, hint)
         return self.add_rule(hint, f'"{{" ws {inner} "}}"' if inner else '"{" ws "}"')
 
-    def _optional_tail(self, names: list[str], pairs: dict[str, str], hint: str, leading_comma: bool) -> str:
-        """Optional properties in order, any subset; commas only between present ones."""
-        if not names:
-            return ""
-        # after[i]: any subset of names[i:], each preceded by a comma
-        after: list[str] = [""] * (len(names) + 1)
-        for i in range(len(names) - 1, -1, -1):
-            rest = f" {after[i + 1]}" if after[i + 1] else ""
-            after[i] = self.add_rule(f"{hint}-after-{names[i]}", f'( "," ws {pairs[names[i]]} )?{rest}')
-        if leading_comma:
-            return after[0]
-        options = [pairs[name] + (f" {after[i + 1]}" if after[i + 1] else "") for i, name in enumerate(names)]
-        return "( " + " | ".join(options) + " )?"
+    def _property_sequence(self, names: list[str], required: set[str], pairs: dict[str, str], hint: str) -> str:
+        """Properties in schema order, optional ones skippable, commas only between present ones."""
+        memo: dict[tuple[int, bool], str] = {}
+
+        def sequence(index: int, first: bool) -> str:
+            if index == len(names):
+                return ""
+            if (index, first) in memo:
+                return memo[(index, first)]
+            name = names[index]
+            follow = sequence(index + 1, False)
+            present = ("" if first else '"," ws ') + pairs[name] + (f" {follow}" if follow else "")
+            if name in required:
+                body = present
+            else:
+                absent = sequence(index + 1, first)
+                body = f"( {present} | {absent} )" if absent else f"( {present} )?"
+            rule = self.add_rule(f"{hint}-{'first' if first else 'then'}-{name}", body)
+            memo[(index, first)] = rule
+            return rule
+
+        return sequence(0, True)
 
     def _array(self, schema: Mapping, path: str, hint: str) -> str:
         min_items = int(schema.get("minItems", 0))
