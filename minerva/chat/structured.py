@@ -3,7 +3,7 @@
 Our own converter, not llama-cpp-python's: that one silently drops what it cannot constrain,
 and we must refuse it instead (``UnsupportedSchemaError``, a 400). The grammar accepts a subset of
 the schema's instances, never more: properties come in schema order, undeclared properties are not
-generated, numbers are at most 16 digits, and whitespace is limited to one optional space so tiny
+generated, integer parts have at most 15 digits, and whitespace is limited to one optional space so tiny
 models cannot ramble. ``format`` is an annotation in draft 2020-12 and is not enforced; ``oneOf``
 is treated as ``anyOf``.
 """
@@ -51,7 +51,7 @@ PRIMITIVE_RULES = {
     "string": '"\\"" char* "\\""',
     "char": '[^"\\\\\\x7F\\x00-\\x1F] | "\\\\" ( ["\\\\/bfnrt] | "u" [0-9a-fA-F]{4} )',
     "number": 'integer ( "." [0-9]{1,16} )? ( [eE] [-+]? [0-9]{1,3} )?',
-    "integer": '"-"? ( "0" | [1-9] [0-9]{0,15} )',
+    "integer": '"-"? ( "0" | [1-9] [0-9]{0,14} )',
     "boolean": '"true" | "false"',
     "null": '"null"',
 }
@@ -164,13 +164,22 @@ def integer_range(low: int | None, high: int | None) -> str:
     return " | ".join(parts)
 
 
+def decimal_options(a: int, a_incl: bool, b: int | None, b_incl: bool, sign: str) -> list[str]:
+    """GBNF options for decimals whose magnitude lies between integers a and b (None: unbounded)."""
+    fraction = f'( "." [0-9]{{1,{MAX_FRACTION_DIGITS}}} )?'
+    nonzero = f'"." [0-9]{{0,{MAX_FRACTION_DIGITS - 1}}} [1-9]'
+    zeros = f'( "." "0"{{1,{MAX_FRACTION_DIGITS}}} )?'
+    if b is not None and a >= b:
+        return [f'{sign}"{a}" {zeros}'] if a == b and a_incl and b_incl else []
+    options = [f'{sign}"{a}" ' + (fraction if a_incl else nonzero)]
+    if b is None or b - 1 >= a + 1:
+        options.append(f"{sign}( {natural_range(a + 1, None if b is None else b - 1)} ) {fraction}")
+    if b is not None and b_incl:
+        options.append(f'{sign}"{b}" {zeros}')
+    return options
+
+
 # -- the converter -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Bounds:
-    low: int | None
-    high: int | None
 
 
 class SchemaConverter:
@@ -295,10 +304,11 @@ class SchemaConverter:
             return self._array(schema, path, hint)
         if kind == "string":
             return self._string(schema, path, hint)
-        if kind == "integer":
-            return self._integer(schema, path, hint)
-        if kind == "number":
-            return self._number(schema, path, hint)
+        if kind in ("integer", "number"):
+            try:
+                return (self._integer if kind == "integer" else self._number)(schema, path, hint)
+            except ValueError:  # natural_range: nothing with at most MAX_INT_DIGITS digits
+                raise self.fail(path, f"an {kind} range beyond {MAX_INT_DIGITS} digits") from None
         if kind == "boolean":
             return self.primitive("boolean")
         if kind == "null":
@@ -306,20 +316,13 @@ class SchemaConverter:
         raise self.fail(path, f"type {kind!r}")
 
     def _ref(self, ref: object, path: str) -> str:
-        if not isinstance(ref, str) or not ref.startswith("#"):
-            raise self.fail(path, f"a non-local '$ref' {ref!r}")
+        target = self._resolve(ref, path)
         if ref in self._refs:
             return self._refs[ref]
-        target: object = self._root
-        for part in [p for p in ref[1:].split("/") if p]:
-            part = part.replace("~1", "/").replace("~0", "~")
-            if not isinstance(target, Mapping) or part not in target:
-                raise UnsupportedSchemaError(f"{self._location}{path}: '$ref' {ref!r} points nowhere", param=self._param)
-            target = target[part]
-        name = self._fresh_name("ref-" + (ref.rsplit("/", 1)[-1] or "root"))
+        name = self._fresh_name("ref-" + (str(ref).rsplit("/", 1)[-1] or "root"))
         self._refs[ref] = name
         self._rules[name] = ""  # reserve the name; recursion refers to it
-        self._rules[name] = self.visit(target, ref, name + "-body")
+        self._rules[name] = self.visit(target, str(ref), name + "-body")
         return name
 
     def _merge_all_of(self, schema: Mapping, path: str) -> dict:
@@ -342,11 +345,15 @@ class SchemaConverter:
                     merged[key] = value
         return merged
 
-    def _resolve(self, ref: str, path: str) -> object:
+    def _resolve(self, ref: object, path: str) -> object:
+        """The schema a local ``$ref`` (``#``, ``#/$defs/x``, ``#/definitions/x``…) points to."""
+        if not isinstance(ref, str) or not ref.startswith("#"):
+            raise self.fail(path, f"a non-local '$ref' {ref!r}")
         target: object = self._root
-        for part in [p for p in ref.lstrip("#").split("/") if p]:
+        for part in [p for p in ref[1:].split("/") if p]:
+            part = part.replace("~1", "/").replace("~0", "~")
             if not isinstance(target, Mapping) or part not in target:
-                raise self.fail(path, f"'$ref' {ref!r}")
+                raise self.fail(path, f"'$ref' {ref!r} pointing nowhere")
             target = target[part]
         return target
 
@@ -481,39 +488,16 @@ class SchemaConverter:
         for bound in (low, high):
             if bound is not None and bound != int(bound):
                 raise self.fail(path, "a non-integer bound on a number")
-        fraction = f'( "." [0-9]{{1,{MAX_FRACTION_DIGITS}}} )?'
-        nonzero = f'"." [0-9]{{0,{MAX_FRACTION_DIGITS - 1}}} [1-9]'
-        zeros = f'( "." "0"{{1,{MAX_FRACTION_DIGITS}}} )?'
         options = []
-        # non-negative part: magnitude in [max(low,0), high]
-        if high is None or high >= 0:
+        if high is None or high >= 0:  # x >= 0: magnitude from max(low, 0) to high
             a, a_incl = (int(low), low_incl) if low is not None and low >= 0 else (0, True)
-            options += self._magnitudes(a, a_incl, None if high is None else int(high), high_incl, fraction, nonzero, zeros, "")
-        if low is None or low < 0:
-            if high is not None and high < 0:
-                a, a_incl = -int(high), high_incl
-            else:
-                a, a_incl = 0, False
-            b = None if low is None else -int(low)
-            options += self._magnitudes(a, a_incl, b, low_incl, fraction, nonzero, zeros, '"-" ')
+            options += decimal_options(a, a_incl, None if high is None else int(high), high_incl, "")
+        if low is None or low < 0:  # x < 0: magnitude from max(-high, 0) to -low
+            a, a_incl = (-int(high), high_incl) if high is not None and high < 0 else (0, False)
+            options += decimal_options(a, a_incl, None if low is None else -int(low), low_incl, '"-" ')
         if not options:
             raise self.fail(path, "an empty number range")
         return self.add_rule(hint, " | ".join(options))
-
-    @staticmethod
-    def _magnitudes(a, a_incl, b, b_incl, fraction, nonzero, zeros, sign) -> list[str]:
-        """Decimals of magnitude between a and b (integers; b None: unbounded) with a sign prefix."""
-        options = []
-        if b is not None and a > b:
-            return options
-        if b is not None and a == b:
-            return [f'{sign}"{a}" {zeros}'] if a_incl and b_incl else []
-        options.append(f'{sign}"{a}" ' + (fraction if a_incl else nonzero))
-        if b is None or b - 1 >= a + 1:
-            options.append(f"{sign}( {natural_range(a + 1, None if b is None else b - 1)} ) {fraction}")
-        if b is not None and b_incl:
-            options.append(f'{sign}"{b}" {zeros}')
-        return [option for option in options if option]
 
 
 def render_grammar(rules: Mapping[str, str]) -> str:
@@ -595,20 +579,11 @@ def tool_call_grammar(
 def text_without_rules(forbidden: str, name: str) -> dict[str, str]:
     """Rules for any text that never contains ``forbidden`` (a KMP automaton, one rule a state)."""
     size = len(forbidden)
-    # failure function
-    fail = [0] * size
-    k = 0
-    for i in range(1, size):
-        while k and forbidden[i] != forbidden[k]:
-            k = fail[k - 1]
-        if forbidden[i] == forbidden[k]:
-            k += 1
-        fail[i] = k
 
     def next_state(state: int, char: str) -> int:
-        while state and forbidden[state] != char:
-            state = fail[state - 1]
-        return state + 1 if forbidden[state] == char else 0
+        """How much of ``forbidden`` is matched after reading ``char`` with ``state`` matched."""
+        text = forbidden[:state] + char
+        return next(k for k in range(min(len(text), size), -1, -1) if text.endswith(forbidden[:k]))
 
     def state_name(state: int) -> str:
         return name if state == 0 else f"{name}-{state}"
