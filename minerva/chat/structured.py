@@ -2,10 +2,10 @@
 
 Our own converter, not llama-cpp-python's: that one silently drops what it cannot constrain,
 and we must refuse it instead (``UnsupportedSchemaError``, a 400). The grammar accepts a subset of
-the schema's instances, never more: properties come in schema order, undeclared properties are not
-generated, integer parts have at most 15 digits, and whitespace is limited to one optional space so tiny
-models cannot ramble. ``format`` is an annotation in draft 2020-12 and is not enforced; ``oneOf``
-is treated as ``anyOf``.
+the schema's instances, never more: properties come in schema order, undeclared properties
+are not generated, integer parts have at most 15 digits, and whitespace is limited to one
+optional space so tiny models cannot ramble. ``format`` is an annotation in draft 2020-12 and
+is not enforced; ``oneOf`` is treated as ``anyOf``.
 """
 
 from __future__ import annotations
@@ -148,7 +148,8 @@ def natural_range(low: int, high: int | None) -> str:
     if full_lengths:
         shortest, longest = full_lengths[0] - 1, full_lengths[-1] - 1
         span = f"{{{shortest}}}" if shortest == longest else f"{{{shortest},{longest}}}"
-        options.append("[1-9]" if span == "{0}" else "[1-9] [0-9]" + ("" if span == "{1}" else span))
+        tail = "" if span == "{0}" else " [0-9]" + ("" if span == "{1}" else span)
+        options.append("[1-9]" + tail)
     return " | ".join(options)
 
 
@@ -204,7 +205,8 @@ class SchemaConverter:
     def fail(self, path: str, what: str) -> UnsupportedSchemaError:
         """The error for an unsupported construct at ``path``."""
         where = f"{self._location}{path}" if path else self._location or "schema"
-        return UnsupportedSchemaError(f"{where}: {what} cannot be enforced by a grammar", param=self._param)
+        message = f"{where}: {what} cannot be enforced by a grammar"
+        return UnsupportedSchemaError(message, param=self._param)
 
     def rules(self) -> dict[str, str]:
         """All rules produced so far, the primitives they use included."""
@@ -291,7 +293,8 @@ class SchemaConverter:
             return "array"
         if any(key in schema for key in ("minLength", "maxLength")):
             return "string"
-        if any(key in schema for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")):
+        numeric = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+        if any(key in schema for key in numeric):
             return "number"
         return None
 
@@ -340,7 +343,8 @@ class SchemaConverter:
                 elif key in ANNOTATIONS:
                     continue
                 elif key in merged and merged[key] != value:
-                    raise self.fail(f"{path}.allOf[{index}]", f"'allOf' members that disagree on '{key}'")
+                    where = f"{path}.allOf[{index}]"
+                    raise self.fail(where, f"'allOf' members that disagree on '{key}'")
                 else:
                     merged[key] = value
         return merged
@@ -377,7 +381,8 @@ class SchemaConverter:
             if name not in properties:
                 if additional is False:
                     raise self.fail(path, f"required property {name!r} that is not allowed")
-                properties = {**properties, name: additional if isinstance(additional, Mapping) else True}
+                extra = additional if isinstance(additional, Mapping) else True
+                properties = {**properties, name: extra}
         if not properties:
             if additional is False:
                 return self.add_rule(hint, '"{" ws "}"')
@@ -396,7 +401,9 @@ class SchemaConverter:
         inner = self._property_sequence(names, set(required), pairs, hint)
         return self.add_rule(hint, f'"{{" ws {inner} "}}"' if inner else '"{" ws "}"')
 
-    def _property_sequence(self, names: list[str], required: set[str], pairs: dict[str, str], hint: str) -> str:
+    def _property_sequence(
+        self, names: list[str], required: set[str], pairs: dict[str, str], hint: str
+    ) -> str:
         """Properties in schema order, optional ones skippable, commas only between present ones."""
         memo: dict[tuple[int, bool], str] = {}
 
@@ -424,7 +431,10 @@ class SchemaConverter:
         max_items = schema.get("maxItems")
         prefix = schema.get("prefixItems") or []
         items = schema.get("items", True)
-        elements = [self.visit(sub, f"{path}.prefixItems[{i}]", f"{hint}-{i}") for i, sub in enumerate(prefix)]
+        elements = [
+            self.visit(sub, f"{path}.prefixItems[{i}]", f"{hint}-{i}")
+            for i, sub in enumerate(prefix)
+        ]
         if prefix:
             if items is not False:
                 raise self.fail(path, "'prefixItems' followed by more items")
@@ -443,7 +453,8 @@ class SchemaConverter:
         if (more_min, more_max) == (0, ""):
             repeat = f'( "," ws {item} )*'
         seq = f"{item} {repeat}"
-        return self.add_rule(hint, f'"[" ws {seq} "]"' if min_items > 0 else f'"[" ws ( {seq} )? "]"')
+        body = f'"[" ws {seq} "]"' if min_items > 0 else f'"[" ws ( {seq} )? "]"'
+        return self.add_rule(hint, body)
 
     def _string(self, schema: Mapping, path: str, hint: str) -> str:
         low = int(schema.get("minLength", 0))
@@ -451,7 +462,8 @@ class SchemaConverter:
         if low == 0 and high is None:
             return self.primitive("string")
         char = self.primitive("char")
-        return self.add_rule(hint, f'"\\"" {char}{{{low},{"" if high is None else int(high)}}} "\\""')
+        upper = "" if high is None else int(high)
+        return self.add_rule(hint, f'"\\"" {char}{{{low},{upper}}} "\\""')
 
     def _bounds(self, schema: Mapping, path: str) -> tuple[float | None, bool, float | None, bool]:
         """(low, low inclusive, high, high inclusive), the tightest of the given bounds."""
@@ -476,7 +488,9 @@ class SchemaConverter:
         if low is None and high is None:
             return self.primitive("integer")
         int_low = None if low is None else (math.ceil(low) if low_incl else math.floor(low) + 1)
-        int_high = None if high is None else (math.floor(high) if high_incl else math.ceil(high) - 1)
+        int_high = None
+        if high is not None:
+            int_high = math.floor(high) if high_incl else math.ceil(high) - 1
         if int_low is not None and int_high is not None and int_low > int_high:
             raise self.fail(path, "an empty integer range")
         return self.add_rule(hint, integer_range(int_low, int_high))
@@ -491,10 +505,12 @@ class SchemaConverter:
         options = []
         if high is None or high >= 0:  # x >= 0: magnitude from max(low, 0) to high
             a, a_incl = (int(low), low_incl) if low is not None and low >= 0 else (0, True)
-            options += decimal_options(a, a_incl, None if high is None else int(high), high_incl, "")
+            b = None if high is None else int(high)
+            options += decimal_options(a, a_incl, b, high_incl, "")
         if low is None or low < 0:  # x < 0: magnitude from max(-high, 0) to -low
             a, a_incl = (-int(high), high_incl) if high is not None and high < 0 else (0, False)
-            options += decimal_options(a, a_incl, None if low is None else -int(low), low_incl, '"-" ')
+            b = None if low is None else -int(low)
+            options += decimal_options(a, a_incl, b, low_incl, '"-" ')
         if not options:
             raise self.fail(path, "an empty number range")
         return self.add_rule(hint, " | ".join(options))
@@ -552,21 +568,25 @@ def tool_call_grammar(
     for index, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, Mapping) else None
         if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
-            raise InvalidRequestError(f"tools[{index}] is not a function tool with a name", param="tools")
+            message = f"tools[{index}] is not a function tool with a name"
+            raise InvalidRequestError(message, param="tools")
         name = function["name"]
         parameters = function.get("parameters") or {"type": "object", "properties": {}}
         location = f"tools[{index}].function.parameters"
         arguments = converter.visit_root(parameters, location=location, hint=f"{name}-args")
-        call_rules[name] = converter.add_rule(f"call-{name}", wrapper.grammar_sequence(name, arguments))
+        call = wrapper.grammar_sequence(name, arguments)
+        call_rules[name] = converter.add_rule(f"call-{name}", call)
     if isinstance(mode, ForcedFunction):
         if mode.name not in call_rules:
-            raise InvalidRequestError(f"tool_choice names {mode.name!r}, which is not in tools", param="tool_choice")
+            message = f"tool_choice names {mode.name!r}, which is not in tools"
+            raise InvalidRequestError(message, param="tool_choice")
         one_call = call_rules[mode.name]
     else:
         if not call_rules:
             raise InvalidRequestError("tool_choice needs at least one tool", param="tools")
         one_call = converter.add_rule("tool-call", " | ".join(call_rules.values()))
-    calls = f"{one_call} ( {gbnf_literal(wrapper.separator)} {one_call} )*" if parallel else one_call
+    separator = gbnf_literal(wrapper.separator)
+    calls = f"{one_call} ( {separator} {one_call} )*" if parallel else one_call
     rules = converter.rules()
     if mode == "auto_optional":
         rules.update(text_without_rules(wrapper.prefix, "free-text"))

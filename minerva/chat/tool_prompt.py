@@ -53,7 +53,7 @@ def first_sentence(text: str, limit: int = MAX_DESCRIPTION_CHARS) -> str:
 
 
 def type_signature(schema: object, depth: int = 0) -> str:
-    """A compact TypeScript-like type for a JSON Schema (``string``, ``"a"|"b"``, ``{x?: number}[]``)."""
+    """A TypeScript-like type for a JSON Schema: ``string``, ``"a"|"b"``, ``{x?: number}[]``."""
     if not isinstance(schema, Mapping):
         return "any"
     if "const" in schema:
@@ -99,7 +99,9 @@ def render_tool(tool: Mapping) -> str:
     return f"{line}: {description}" if description else line
 
 
-def render_tools_for_prompt(tools: Sequence[Mapping], call_format: ToolCallFormat = HERMES_CALL_FORMAT) -> str:
+def render_tools_for_prompt(
+    tools: Sequence[Mapping], call_format: ToolCallFormat = HERMES_CALL_FORMAT
+) -> str:
     """A compact text block listing ``tools`` and how to call them, for the system prompt."""
     lines = ["# Tools", "You can call these tools (? marks an optional argument):"]
     lines += [render_tool(tool) for tool in tools]

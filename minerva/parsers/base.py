@@ -152,7 +152,8 @@ def find_first_marker(text: str, markers: Iterable[str], start: int = 0) -> tupl
         position = text.find(marker, start)
         if position < 0:
             continue
-        if best is None or position < best[0] or (position == best[0] and len(marker) > len(best[1])):
+        longer = best is not None and position == best[0] and len(marker) > len(best[1])
+        if best is None or position < best[0] or longer:
             best = (position, marker)
     return best
 
@@ -169,7 +170,9 @@ def decode_arguments(value: object) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def call_from_object(obj: object, argument_keys: tuple[str, ...] = ("arguments", "parameters")) -> FoundCall | None:
+def call_from_object(
+    obj: object, argument_keys: tuple[str, ...] = ("arguments", "parameters")
+) -> FoundCall | None:
     """A call from ``{"name": ..., "arguments": {...}}`` (or ``parameters``), else None."""
     if not isinstance(obj, dict) or not set(obj) <= CALL_OBJECT_KEYS:
         return None
@@ -184,7 +187,7 @@ def call_from_object(obj: object, argument_keys: tuple[str, ...] = ("arguments",
 
 
 def calls_from_json(text: str) -> list[FoundCall] | None:
-    """Calls from a JSON object or a non-empty array of call objects; None if it is anything else."""
+    """Calls from a JSON call object or a non-empty array of them; None for anything else."""
     try:
         value = json.loads(text)
     except ValueError:
@@ -263,7 +266,7 @@ class ReasoningMarkers:
 
 @dataclass(frozen=True)
 class ToolMarker:
-    """A tool-call region: its opening marker and closing marker (None: ends with its JSON value)."""
+    """A tool-call region: opening and closing marker (close None: ends with its JSON value)."""
 
     open: str
     close: str | None
@@ -305,7 +308,8 @@ class IncrementalParser(ABC):
             index = self._next_index
             self._next_index += 1
             deltas.append(ToolCallStart(index=index, id=self._id_factory(), name=call.name))
-            deltas.append(ToolCallArguments(index=index, fragment=json.dumps(call.arguments, ensure_ascii=False)))
+            arguments = json.dumps(call.arguments, ensure_ascii=False)
+            deltas.append(ToolCallArguments(index=index, fragment=arguments))
         return deltas
 
 

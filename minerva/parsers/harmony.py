@@ -2,8 +2,8 @@
 
     <|channel|>analysis<|message|>…<|end|>                        → reasoning
     <|start|>assistant<|channel|>final<|message|>…<|return|>       → content
-    <|start|>assistant<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>{…}<|call|>
-                                                                   → tool call NAME
+    <|start|>assistant<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>{…}
+    <|call|>                                                       → tool call NAME
     (the recipient may also stand before the channel: ``assistant to=functions.NAME<|channel|>…``)
 
 openai-harmony's StreamableParser would do this over token ids, but it loads the o200k vocabulary
@@ -79,9 +79,15 @@ def parse_harmony_call(recipient: str, body: str) -> FoundCall | None:
 
 
 class HarmonyParser(IncrementalParser):
-    """Streams harmony channels: analysis → reasoning, final/commentary → content, to= → calls."""
+    """Streams harmony: analysis → reasoning, final/commentary → content, to=… → calls."""
 
-    def __init__(self, *, starts_in_reasoning: bool = False, id_factory: IdFactory = new_call_id, **_: object):
+    def __init__(
+        self,
+        *,
+        starts_in_reasoning: bool = False,
+        id_factory: IdFactory = new_call_id,
+        **_: object,  # e.g. reasoning=: harmony marks reasoning by channel, not tags
+    ):
         super().__init__(id_factory=id_factory)
         self._buffer = ""
         self._state = _State.MESSAGE if starts_in_reasoning else _State.HEADER
@@ -109,8 +115,12 @@ class HarmonyParser(IncrementalParser):
         return out
 
     def _run(self, final: bool) -> None:
-        while self._step_header(final) if self._state is _State.HEADER else self._step_message(final):
-            pass
+        progressing = True
+        while progressing:
+            if self._state is _State.HEADER:
+                progressing = self._step_header(final)
+            else:
+                progressing = self._step_message(final)
 
     def _step_header(self, final: bool) -> bool:
         position = self._buffer.find(MESSAGE)
@@ -144,7 +154,8 @@ class HarmonyParser(IncrementalParser):
 
     def _emit_text(self, text: str) -> None:
         if text:
-            self._out.append(ReasoningDelta(text) if self._channel == "analysis" else ContentDelta(text))
+            analysis = self._channel == "analysis"
+            self._out.append(ReasoningDelta(text) if analysis else ContentDelta(text))
 
     def _end_message(self, text: str) -> None:
         if self._recipient is None:

@@ -45,7 +45,9 @@ def parse_mistral_region(body: str, marker: ToolMarker | None) -> list[FoundCall
 
 
 MISTRAL_SYNTAX = ToolSyntax(
-    markers=(TOOL_CALLS,), parse_region=parse_mistral_region, lead_markers=(ARGS_MARKER, CALL_ID_MARKER)
+    markers=(TOOL_CALLS,),
+    parse_region=parse_mistral_region,
+    lead_markers=(ARGS_MARKER, CALL_ID_MARKER),
 )
 
 

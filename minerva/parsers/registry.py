@@ -16,6 +16,7 @@ class UnknownParserError(KeyError):
 def get_parser(name: str) -> type[IncrementalParser]:
     """The parser class of module ``minerva.parsers.<name>`` (one of PARSER_NAMES)."""
     if name not in PARSER_NAMES:
-        raise UnknownParserError(f"unknown output parser {name!r}; known: {', '.join(PARSER_NAMES)}")
+        known = ", ".join(PARSER_NAMES)
+        raise UnknownParserError(f"unknown output parser {name!r}; known: {known}")
     module = importlib.import_module(f"{__package__}.{name}")
     return module.PARSER

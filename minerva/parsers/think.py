@@ -1,4 +1,4 @@
-"""Reasoning between ``<think>`` and ``</think>`` (Qwen3, DeepSeek-R1, SmolLM3…); no tool calls."""
+"""Reasoning between ``<think>`` and ``</think>`` (Qwen3, DeepSeek-R1…); no tool calls."""
 
 from __future__ import annotations
 
