@@ -26,13 +26,14 @@ pytestmark = pytest.mark.slow
 class Served:
     """A `minerva serve` subprocess on loopback."""
 
-    def __init__(self, tmp_path: Path, grace_s: float):
+    def __init__(self, tmp_path: Path, grace_s: float, slots: int = 2, **settings: object):
         self.port = free_port()
-        env = {**os.environ, "MINERVA_SHUTDOWN_GRACE_S": str(grace_s), "MINERVA_N_THREADS": "1"}
+        env = {**os.environ, "MINERVA_SHUTDOWN_GRACE_S": str(grace_s), "MINERVA_N_THREADS": "1",
+               **{f"MINERVA_{name.upper()}": str(value) for name, value in settings.items()}}
         self.log = open(tmp_path / "server.log", "w+")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "minerva.cli", "serve", "--port", str(self.port), "--models-dir", str(tmp_path),
-             "--ctx-size", "1024", "--slots", "2"],
+             "--ctx-size", "1024", "--slots", str(slots)],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
