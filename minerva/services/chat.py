@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -74,31 +75,85 @@ def _parsed_to_delta(parsed) -> dict:
     raise TypeError(f"unknown parsed delta {parsed!r}")
 
 
+@dataclass
+class _ChoiceState:
+    """Per-choice bookkeeping while its deltas stream out."""
+
+    index: int
+    calls_seen: set[tuple[str, str]]
+    pending_start: ToolCallStart | None = None
+    saw_tool_call: bool = False
+    repeated_call: bool = False
+
+
+def _accept(state: _ChoiceState, parsed: list) -> list:
+    """Drop a tool call identical to an earlier one in this response and mark the choice as done.
+
+    Small models under a tool grammar tend to repeat the same call until max_tokens; an identical
+    parallel call is never useful, so the first repeat ends the choice.
+    """
+    kept = []
+    for item in parsed:
+        if state.repeated_call:
+            break
+        if isinstance(item, ToolCallStart):
+            state.pending_start = item
+            continue
+        if isinstance(item, ToolCallArguments) and state.pending_start is not None:
+            key = (state.pending_start.name, item.fragment)
+            if key in state.calls_seen:
+                state.repeated_call = True
+                break
+            state.calls_seen.add(key)
+            state.saw_tool_call = True
+            kept += [state.pending_start, item]
+            state.pending_start = None
+            continue
+        kept.append(item)
+    return kept
+
+
+async def _choice_chunks(prepared: PreparedChat, engine: Engine, index: int) -> AsyncIterator[dict | Finished]:
+    """One choice's delta chunks, ending with its Finished record (after its finish chunk)."""
+    header = prepared.header
+    parser = make_parser(prepared.prompt.parser, prepared.prompt.parser_options)
+    state = _ChoiceState(index, set())
+    completion_tokens = 0
+    async with contextlib.aclosing(generate_choice(engine, prepared.generations[index], prepared.stops)) as events:
+        async for event in events:
+            if isinstance(event, TextPiece):
+                completion_tokens += len(event.tokens)
+                logprobs = _chat_logprobs(event) if prepared.want_logprobs and event.tokens else None
+                parsed = _accept(state, parser.feed(event.text) if event.text else [])
+                if not parsed and logprobs:
+                    yield _delta_chunk(header, index, {}, logprobs)
+                for position, item in enumerate(parsed):
+                    yield _delta_chunk(header, index, _parsed_to_delta(item), logprobs if position == 0 else None)
+                if state.repeated_call:
+                    finished = Finished("stop", len(prepared.generations[index].prompt_tokens), completion_tokens, 0)
+                    break
+            else:
+                finished = event
+                for item in _accept(state, parser.finish()):
+                    yield _delta_chunk(header, index, _parsed_to_delta(item))
+                break
+    reason = "tool_calls" if state.saw_tool_call and finished.finish_reason == "stop" else finished.finish_reason
+    yield header.chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}])
+    yield finished
+
+
 async def chat_chunks(prepared: PreparedChat, engine: Engine) -> AsyncIterator[dict]:
     """chat.completion.chunk objects of every choice, then a usage chunk with `choices: []`."""
     header = prepared.header
     n = len(prepared.generations)
-    parsers = [make_parser(prepared.prompt.parser, prepared.prompt.parser_options) for _ in range(n)]
-    saw_tool_call = [False] * n
     for index in range(n):
         yield _delta_chunk(header, index, {"role": "assistant", "content": ""})
-    streams = [generate_choice(engine, g, prepared.stops) for g in prepared.generations]
     prompt_tokens, completion_total, cached_tokens = 0, 0, 0
-    async for index, event in merge_choices(streams):
-        if isinstance(event, TextPiece):
-            logprobs = _chat_logprobs(event) if prepared.want_logprobs and event.tokens else None
-            parsed = parsers[index].feed(event.text) if event.text else []
-            if not parsed and logprobs:
-                yield _delta_chunk(header, index, {}, logprobs)
-            for position, item in enumerate(parsed):
-                saw_tool_call[index] |= isinstance(item, ToolCallStart)
-                yield _delta_chunk(header, index, _parsed_to_delta(item), logprobs if position == 0 else None)
-        elif isinstance(event, Finished):
-            for item in parsers[index].finish():
-                saw_tool_call[index] |= isinstance(item, ToolCallStart)
-                yield _delta_chunk(header, index, _parsed_to_delta(item))
-            prompt_tokens, cached_tokens = event.prompt_tokens, event.cached_tokens
-            completion_total += event.completion_tokens
-            reason = "tool_calls" if saw_tool_call[index] and event.finish_reason == "stop" else event.finish_reason
-            yield header.chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}])
+    async for _, item in merge_choices([_choice_chunks(prepared, engine, i) for i in range(n)]):
+        if isinstance(item, Finished):
+            prompt_tokens = item.prompt_tokens
+            cached_tokens = max(cached_tokens, item.cached_tokens)
+            completion_total += item.completion_tokens
+        else:
+            yield item
     yield header.chunk([], usage=usage_dict(prompt_tokens, completion_total, cached_tokens))

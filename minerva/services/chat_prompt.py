@@ -40,9 +40,9 @@ def make_parser(name: str | None, options: dict[str, Any]):
     """A fresh streaming parser for one response."""
     if name is None:
         return PassthroughParser()
-    from minerva.parsers.registry import create_parser
+    from minerva.parsers.registry import get_parser
 
-    return create_parser(name, **options)
+    return get_parser(name)(**options)
 
 
 def inline_tool_history(messages: list[dict]) -> list[dict]:
@@ -89,9 +89,11 @@ def build_chat_prompt(request: ChatCompletionRequest, engine: Engine) -> ChatPro
     template = engine.info.chat_template
     messages = normalize_messages(request.messages)
     tools = _tool_dicts(request)
-    reasoning = detect_reasoning_format(template) == "think"
+    reasoning_format = detect_reasoning_format(template)  # "think", "harmony" or None
     native_format = detect_tool_format(template) if template_supports_tools(template) else None
-    parser: str | None = "think" if reasoning else None
+    if native_format is None and reasoning_format == "harmony":
+        native_format = "harmony"
+    parser: str | None = reasoning_format
     grammar: str | None = None
     template_tools = None
     if tools:
@@ -102,12 +104,13 @@ def build_chat_prompt(request: ChatCompletionRequest, engine: Engine) -> ChatPro
             template_tools = tools
             parser = native_format
             if required and native_format == "hermes":
-                grammar = structured.tool_call_grammar(tools, mode=forced or "required", parallel=parallel)
+                mode = structured.ForcedFunction(forced) if forced else "required"
+                grammar = structured.tool_call_grammar(tools, mode, parallel=parallel)
         else:
             messages = add_tools_to_system(inline_tool_history(messages), render_tools_for_prompt(tools))
             parser = "hermes"
-            grammar = structured.tool_call_grammar(tools, mode=forced or ("required" if required else "auto_optional"),
-                                                   parallel=parallel)
+            mode = structured.ForcedFunction(forced) if forced else ("required" if required else "auto_optional")
+            grammar = structured.tool_call_grammar(tools, mode, parallel=parallel)
     elif request.tools is not None or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
         if not native_format:
             messages = inline_tool_history(messages)
@@ -125,5 +128,7 @@ def build_chat_prompt(request: ChatCompletionRequest, engine: Engine) -> ChatPro
         eos_token=engine.eos_token,
         template_kwargs=request.chat_template_kwargs,
     )
-    options = {"reasoning": True} if reasoning and parser not in (None, "think") else {}
+    options: dict[str, Any] = {}
+    if parser is not None and parser != "harmony" and text.rstrip().endswith("<think>"):
+        options["starts_in_reasoning"] = True  # the template opened the thinking block itself
     return ChatPrompt(text, grammar, parser, options)
