@@ -303,7 +303,7 @@ def test_smollm2_forced_tool_call_parses(smollm2):
     tools = [tool for tool in TOOLS if tool["function"]["name"] in ("read", "glob")]
     grammar = tool_call_grammar(tools, ForcedFunction("read"), parallel=False)
     out = model.create_completion(
-        chatml("Read the file README.md"), max_tokens=64, temperature=0,
+        chatml("Read the file README.md"), max_tokens=96, temperature=0,
         grammar=llama_cpp.LlamaGrammar.from_string(grammar, verbose=False),
     )
     choice = out["choices"][0]
