@@ -1,0 +1,73 @@
+"""schemathesis against our own /openapi.json (in-process ASGI app, scripted engine): no 500s, no
+response that contradicts the schema we publish, and every error in the OpenAI envelope.
+
+Known gaps of the published schema (see test_schema_documents_what_we_send): it documents FastAPI's
+422 but not the 400/401/404/413/429/503 errors minerva sends, and not text/event-stream for
+`stream: true`; so those two schemathesis checks are left out of the main test.
+"""
+
+import json
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance
+
+from minerva.api.app import create_app
+from minerva.settings import Settings
+from tests.scripted_engine import Script, scripted_loader
+
+MODEL = "smollm2-135m-instruct"
+APP = create_app(Settings(models_dirs=[]), loader=scripted_loader(lambda prompt, call: Script([b"fine", b"."])))
+schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
+SETTINGS = hypothesis_settings(max_examples=150, deadline=None, derandomize=True,
+                               suppress_health_check=list(HealthCheck))
+
+
+def aim_at_the_model(case) -> None:
+    """Most generated cases name our one model, so they reach the engine path, not only a 404."""
+    if isinstance(case.body, dict) and isinstance(case.body.get("model"), str):
+        case.body["model"] = MODEL
+    if case.path_parameters and "model_id" in case.path_parameters and len(str(case.path_parameters)) % 2:
+        case.path_parameters["model_id"] = MODEL
+
+
+def check_envelope_and_shape(case, response) -> None:
+    """Errors are the OpenAI envelope; successes are JSON or, for stream: true, a finished SSE stream."""
+    content_type = (response.headers.get("content-type") or [""])[0]  # schemathesis: name -> list
+    if response.status_code >= 400:
+        assert content_type.startswith("application/json"), content_type
+        error = response.json()["error"]
+        assert isinstance(error["message"], str) and isinstance(error["type"], str), error
+        assert "param" in error and "code" in error, error
+        return
+    streamed = isinstance(case.body, dict) and case.body.get("stream") is True
+    if streamed and response.status_code == 200:
+        assert content_type.startswith("text/event-stream"), content_type
+        data = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+        assert data and (data[-1] == "[DONE]" or "error" in json.loads(data[-1])), data[-2:]
+        return
+    assert content_type.startswith("application/json"), content_type
+    payload = response.json()
+    if case.path.endswith("completions"):
+        assert payload["object"] in ("chat.completion", "text_completion") and payload["choices"], payload
+
+
+@schema.parametrize()
+@SETTINGS
+def test_api_matches_its_schema(case):
+    aim_at_the_model(case)
+    response = case.call()
+    case.validate_response(response, checks=(not_a_server_error, response_schema_conformance))
+    check_envelope_and_shape(case, response)
+
+
+@pytest.mark.xfail(reason="the OpenAPI schema (routes in minerva/api/routes_*.py) documents 422 instead of "
+                          "the 400/404/... errors sent, and not text/event-stream", strict=False)
+@schema.parametrize()
+@hypothesis_settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+def test_schema_documents_what_we_send(case):
+    aim_at_the_model(case)
+    case.call_and_validate()
