@@ -564,7 +564,7 @@ def tool_call_grammar(
     function; ``auto_optional``: free text that never opens a call, optionally followed by calls.
     """
     converter = SchemaConverter({}, param="tools", location="tools")
-    call_rules: dict[str, str] = {}
+    arguments: dict[str, str] = {}
     for index, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, Mapping) else None
         if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
@@ -573,18 +573,15 @@ def tool_call_grammar(
         name = function["name"]
         parameters = function.get("parameters") or {"type": "object", "properties": {}}
         location = f"tools[{index}].function.parameters"
-        arguments = converter.visit_root(parameters, location=location, hint=f"{name}-args")
-        call = wrapper.grammar_sequence(name, arguments)
-        call_rules[name] = converter.add_rule(f"call-{name}", call)
+        arguments[name] = converter.visit_root(parameters, location=location, hint=f"{name}-args")
     if isinstance(mode, ForcedFunction):
-        if mode.name not in call_rules:
+        if mode.name not in arguments:
             message = f"tool_choice names {mode.name!r}, which is not in tools"
             raise InvalidRequestError(message, param="tool_choice")
-        one_call = call_rules[mode.name]
-    else:
-        if not call_rules:
-            raise InvalidRequestError("tool_choice needs at least one tool", param="tools")
-        one_call = converter.add_rule("tool-call", " | ".join(call_rules.values()))
+        arguments = {mode.name: arguments[mode.name]}
+    elif not arguments:
+        raise InvalidRequestError("tool_choice needs at least one tool", param="tools")
+    one_call = converter.add_rule("tool-call", wrapper.grammar_call(list(arguments.items())))
     separator = gbnf_literal(wrapper.separator)
     calls = f"{one_call} ( {separator} {one_call} )*" if parallel else one_call
     rules = converter.rules()
@@ -610,14 +607,23 @@ def text_without_rules(forbidden: str, name: str) -> dict[str, str]:
 
     rules = {}
     alphabet = sorted(set(forbidden))
+    others = "".join(_class_char(char) for char in alphabet)
     for state in range(size):
-        options = []
+        targets: dict[int, list[str]] = {}
         for char in alphabet:
-            target = next_state(state, char)
-            if target < size:
-                options.append(f"{gbnf_literal(char)} {state_name(target)}")
-        others = "".join(_class_char(char) for char in alphabet)
-        options.append(f"[^{others}] {name}")
+            targets.setdefault(next_state(state, char), []).append(char)
+        options = []
+        for target, chars in sorted(targets.items()):
+            if target == size:
+                continue  # the forbidden text itself
+            if target == 0:  # merged with every other character
+                options.append(f"[^{''.join(_class_char(c) for c in alphabet if c not in chars)}] {name}")
+            elif len(chars) == 1:
+                options.append(f"{gbnf_literal(chars[0])} {state_name(target)}")
+            else:
+                options.append(f"[{''.join(_class_char(c) for c in chars)}] {state_name(target)}")
+        if 0 not in targets:
+            options.append(f"[^{others}] {name}")
         rules[state_name(state)] = "| " + " | ".join(options)
     return rules
 

@@ -28,10 +28,14 @@ class ToolCallFormat:
         """One call written in this format."""
         return f'{self.prefix}{{"name": {json.dumps(name)}, "arguments": {arguments}}}{self.suffix}'
 
-    def grammar_sequence(self, name: str, arguments_rule: str) -> str:
-        """The GBNF sequence of one call to ``name`` whose arguments match ``arguments_rule``."""
-        head = f'{self.prefix}{{"name": {json.dumps(name)}, "arguments": '
-        return f"{_gbnf_literal(head)} {arguments_rule} {_gbnf_literal('}' + self.suffix)}"
+    def grammar_call(self, alternatives: Sequence[tuple[str, str]]) -> str:
+        """GBNF for one call to any of ``(name, arguments_rule)``; the shared head is factored."""
+        head = _gbnf_literal(self.prefix + '{"name": ')
+        options = " | ".join(
+            _gbnf_literal(json.dumps(name) + ', "arguments": ') + f" {rule}"
+            for name, rule in alternatives
+        )
+        return f"{head} ( {options} ) {_gbnf_literal('}' + self.suffix)}"
 
 
 HERMES_CALL_FORMAT = ToolCallFormat()
