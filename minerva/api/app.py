@@ -14,6 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from minerva import __version__
 from minerva.api.errors import install_error_handlers
 from minerva.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
+from minerva.api.routes_embeddings import router as embeddings_router
 from minerva.api.routes_generation import router as generation_router
 from minerva.api.routes_metrics import router as metrics_router
 from minerva.api.routes_models import router as models_router
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None, *, loader: EngineLoader = load_
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
     app.include_router(models_router)
     app.include_router(generation_router)
+    app.include_router(embeddings_router)
     app.include_router(metrics_router)
 
     @app.get("/health")
