@@ -105,8 +105,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        "(set --api-key or MINERVA_API_KEYS)", settings.host)
     app = create_app(settings)
     logger.info("minerva serving on http://%s:%d/v1", settings.host, settings.port)
+    grace = settings.shutdown_grace_s  # uvicorn annotates an int but waits any number of seconds
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            timeout_graceful_shutdown=settings.shutdown_grace_s, access_log=False)  # type: ignore[arg-type]
+                            timeout_graceful_shutdown=grace, access_log=False)  # type: ignore[arg-type]
     _graceful_server(config).run()
     logger.info("minerva stopped")
     return 0

@@ -175,7 +175,7 @@ def test_load_200_requests_16_at_a_time(tmp_path):
                    f"errors={len(tally.errors)} p50={percentile(tally.latencies, 50):.2f}s "
                    f"p99={percentile(tally.latencies, 99):.2f}s wall={elapsed:.1f}s "
                    f"rss_baseline={baseline / 2**20:.1f}MiB peak={peak[0] / 2**20:.1f}MiB "
-                   f"final={final / 2**20:.1f}MiB")
+                   f"final={final / 2**20:.1f}MiB ttft_observed={table.get('minerva_time_to_first_token_seconds_count')}")
         print(summary)
         logger.warning("%s", summary)
         assert not tally.errors, tally.errors[:10]
@@ -183,6 +183,13 @@ def test_load_200_requests_16_at_a_time(tmp_path):
         assert tally.abandoned == TOTAL // 4
         assert table["minerva_active_slots"] == 0 and table["minerva_queue_depth"] == 0
         assert table["minerva_total_slots"] == 4
+        # every request that produced output (an immediate end-of-text produces none) has a TTFT
+        assert TOTAL // 2 <= table["minerva_time_to_first_token_seconds_count"] <= TOTAL + 32, table
+        assert table["minerva_completion_tokens_total"] > 0
+        statuses = {s.labels["status"] for family in text_string_to_metric_families(
+            httpx.get(f"http://127.0.0.1:{server.port}/metrics").text) for s in family.samples
+            if s.name == "minerva_requests_total"}
+        assert statuses <= {"200"}, statuses  # the server saw no 4xx/5xx either
         assert final <= baseline * 1.10, summary
         assert server.proc.poll() is None
     finally:
@@ -216,8 +223,9 @@ def test_flood_past_the_queue_bound_gets_429(tmp_path):
 
         started = time.monotonic()
         asyncio.run(flood())
-        print(f"flood: sent=24 ok={statuses.count(200)} refused_429={statuses.count(429)} "
-              f"other={len(statuses) - statuses.count(200) - statuses.count(429)} wall={time.monotonic() - started:.1f}s")
+        ok, refused = statuses.count(200), statuses.count(429)
+        print(f"flood: sent=24 ok={ok} refused_429={refused} other={len(statuses) - ok - refused} "
+              f"wall={time.monotonic() - started:.1f}s")
         assert set(statuses) <= {200, 429}, statuses
         assert statuses.count(429) >= 10 and statuses.count(200) >= 3, statuses
         assert all(ra and ra.isdigit() for s, ra in zip(statuses, retry_after) if s == 429)
