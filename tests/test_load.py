@@ -87,9 +87,10 @@ async def one_request(client: httpx.AsyncClient, index: int, kind: str, tally: T
             async with client.stream("POST", "/chat/completions", json=body(index, True)) as response:
                 if response.status_code != 200:
                     problem = f"status {response.status_code}"
-                elif kind == "abandon":  # hang up after the first content chunk
+                elif kind == "abandon":  # hang up after the first chunk with generated text
                     async for line in response.aiter_lines():
-                        if line.startswith("data: {") and '"content"' in line:
+                        if line.startswith("data: {") and any(
+                                (c.get("delta") or {}).get("content") for c in json.loads(line[6:])["choices"]):
                             break
                     tally.abandoned += 1
                     return
@@ -175,7 +176,8 @@ def test_load_200_requests_16_at_a_time(tmp_path):
                    f"errors={len(tally.errors)} p50={percentile(tally.latencies, 50):.2f}s "
                    f"p99={percentile(tally.latencies, 99):.2f}s wall={elapsed:.1f}s "
                    f"rss_baseline={baseline / 2**20:.1f}MiB peak={peak[0] / 2**20:.1f}MiB "
-                   f"final={final / 2**20:.1f}MiB ttft_observed={table.get('minerva_time_to_first_token_seconds_count')}")
+                   f"final={final / 2**20:.1f}MiB "
+                   f"ttft_observed={table.get('minerva_time_to_first_token_seconds_count')}")
         print(summary)
         logger.warning("%s", summary)
         assert not tally.errors, tally.errors[:10]
@@ -183,8 +185,9 @@ def test_load_200_requests_16_at_a_time(tmp_path):
         assert tally.abandoned == TOTAL // 4
         assert table["minerva_active_slots"] == 0 and table["minerva_queue_depth"] == 0
         assert table["minerva_total_slots"] == 4
-        # every request that produced output (an immediate end-of-text produces none) has a TTFT
-        assert TOTAL // 2 <= table["minerva_time_to_first_token_seconds_count"] <= TOTAL + 32, table
+        # every request that produced output has a TTFT (32 warm-up requests give room for the rare one
+        # whose first token is end-of-text)
+        assert TOTAL <= table["minerva_time_to_first_token_seconds_count"] <= TOTAL + 32, table
         assert table["minerva_completion_tokens_total"] > 0
         statuses = {s.labels["status"] for family in text_string_to_metric_families(
             httpx.get(f"http://127.0.0.1:{server.port}/metrics").text) for s in family.samples
