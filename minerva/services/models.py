@@ -10,7 +10,7 @@ def capabilities_of(model: RegisteredModel) -> list[str]:
     if model.info.kind == "embedding":
         return ["embeddings"]
     caps = ["completions", "chat"]
-    if model.info.format == "gguf":
+    if model.info.format == "gguf" or model.info.path not in model.info.files:  # GGUF, or a HF directory
         caps += ["tools", "json_schema"]
     return caps
 
