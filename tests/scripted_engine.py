@@ -27,7 +27,7 @@ class ScriptedEngine:
 
     info: ModelInfo
     choose: Callable[[str, int], Script]
-    n_ctx: int = 4096
+    n_ctx: int = 1_000_000  # one token per character, so room for real client prompts
     bos_token: str = ""
     eos_token: str = "<|im_end|>"
     calls: int = 0
