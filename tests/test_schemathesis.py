@@ -13,7 +13,11 @@ import schemathesis
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import response_schema_conformance
+from schemathesis.specs.openapi.checks import (
+    negative_data_rejection,
+    positive_data_acceptance,
+    response_schema_conformance,
+)
 
 from minerva.api.app import create_app
 from minerva.settings import Settings
@@ -67,10 +71,12 @@ def test_api_matches_its_schema(case):
     check_envelope_and_shape(case, response)
 
 
-@pytest.mark.xfail(reason="the OpenAPI schema (routes in minerva/api/routes_*.py) documents 422 instead of "
-                          "the 400/404/... errors sent, and not text/event-stream", strict=False)
 @schema.parametrize()
 @hypothesis_settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_schema_documents_what_we_send(case):
     aim_at_the_model(case)
-    case.call_and_validate()
+    # Excluded on purpose: like OpenAI we are lenient (numbers accepted where booleans are documented,
+    # pydantic's lax mode), and some rules are semantic, not schema (a tool_choice naming a missing
+    # tool, token ids past the vocabulary, best_of != n, a prompt longer than the context): those
+    # are 400s in the envelope by design. Status codes, content types and bodies are all checked.
+    case.call_and_validate(excluded_checks=[negative_data_rejection, positive_data_acceptance])

@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None, *, loader: EngineLoader = load_
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        reaper = asyncio.create_task(state.pool.run_idle_reaper())
+        reaper = asyncio.create_task(state.pool.run_reaper(lambda: {m.id for m in state.registry.list()}))
         try:
             yield
         finally:
@@ -77,6 +77,18 @@ def create_app(settings: Settings | None = None, *, loader: EngineLoader = load_
     app.include_router(generation_router)
     app.include_router(embeddings_router)
     app.include_router(metrics_router)
+
+    def openapi_without_422() -> dict:
+        # Validation errors are answered as 400 in the OpenAI envelope (documented per route), never 422.
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi_without_422  # type: ignore[method-assign]
 
     @app.get("/health")
     async def health() -> dict:

@@ -40,6 +40,8 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
     message = first.get("msg", "invalid request")
     if first.get("type") == "json_invalid":
         message, param = "the request body is not valid JSON", None
+    elif param is None and first.get("type") == "missing":
+        message = "a JSON request body is required"
     elif param:
         message = f"invalid value for '{param}': {message}"
     return JSONResponse(envelope(message, "invalid_request_error", param, "invalid_value"), status_code=400)

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from minerva.api.sse import sse_body, sse_response
 from minerva.errors import QueueFullError
 from minerva.protocol.chunks import collect_chat_completion, collect_completion
-from minerva.protocol.requests import ChatCompletionRequest, CompletionRequest
+from minerva.protocol.requests import STREAMING_RESPONSE, ChatCompletionRequest, CompletionRequest, error_responses
 from minerva.services.chat import chat_chunks, prepare_chat
 from minerva.services.completions import completion_chunks, prepare_completion
 
@@ -101,7 +101,10 @@ async def _respond(request: Request, stream: bool, include_usage: bool, open_chu
     return JSONResponse(collect(collected))
 
 
-@router.post("/v1/chat/completions")
+GENERATION_RESPONSES = {**STREAMING_RESPONSE, **error_responses(400, 401, 404, 413, 429, 500, 503)}
+
+
+@router.post("/v1/chat/completions", responses=GENERATION_RESPONSES)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     """Chat completion in the OpenAI shape; `stream: true` answers with SSE chunks."""
     session = session_key_of(request)
@@ -113,7 +116,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     return await _respond(request, body.stream, include_usage, open_chunks, collect_chat_completion, body.model)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses=GENERATION_RESPONSES)
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     """Text completion in the OpenAI shape; `stream: true` answers with SSE chunks."""
     session = session_key_of(request)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from minerva.protocol.requests import error_responses
 from minerva.services.models import model_list, model_object
 
 router = APIRouter()
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=error_responses(401))
 async def list_models(request: Request) -> JSONResponse:
     """Every registered model with its metadata."""
     state = request.app.state.minerva
@@ -23,7 +24,7 @@ async def list_models(request: Request) -> JSONResponse:
     return Response(cached[1], media_type="application/json")
 
 
-@router.get("/v1/models/{model_id:path}")
+@router.get("/v1/models/{model_id:path}", responses=error_responses(401, 404))
 async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
     """One model, or a 404 in the OpenAI envelope."""
     state = request.app.state.minerva

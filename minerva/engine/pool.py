@@ -172,12 +172,23 @@ class EnginePool:
             await self._unload(model_id)
         return stale
 
-    async def run_idle_reaper(self) -> None:
-        """Background task: check for idle models periodically."""
-        interval = max(1.0, min(60.0, self._settings.idle_ttl_s / 4 or 60.0))
+    async def unload_missing(self, present_ids: set[str]) -> list[str]:
+        """Unload idle models that are no longer registered (their file was removed); returns their ids."""
+        gone = [mid for mid, e in self._loaded.items() if mid not in present_ids and e.in_use == 0]
+        for model_id in gone:
+            logger.info("unloading model %s: it is no longer registered", model_id)
+            await self._unload(model_id)
+        return gone
+
+    async def run_reaper(self, registered_ids: Callable[[], set[str]], interval_s: float | None = None) -> None:
+        """Background task: unload idle and vanished models periodically."""
+        ttl = self._settings.idle_ttl_s
+        interval = interval_s or max(1.0, min(30.0, ttl / 4 if ttl > 0 else 30.0))
         while True:
             await asyncio.sleep(interval)
             await self.unload_idle()
+            if self._loaded:
+                await self.unload_missing(registered_ids())
 
     async def close(self) -> None:
         """Unload everything."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Lenient(BaseModel):
@@ -50,22 +50,31 @@ class JsonSchemaFormat(_Lenient):
     """The `json_schema` member of response_format."""
 
     name: str = "response"
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    schema_: dict[str, Any] = Field(alias="schema")
     strict: bool | None = None
     description: str | None = None
 
 
-class ResponseFormat(_Lenient):
-    """`response_format`: text, json_object or json_schema."""
+class TextFormat(_Lenient):
+    """`response_format: {"type": "text"}`: no constraint."""
 
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JsonSchemaFormat | None = None
+    type: Literal["text"]
 
-    @model_validator(mode="after")
-    def _schema_present(self) -> "ResponseFormat":
-        if self.type == "json_schema" and (self.json_schema is None or self.json_schema.schema_ is None):
-            raise ValueError("response_format.json_schema.schema is required when type is json_schema")
-        return self
+
+class JsonObjectFormat(_Lenient):
+    """`response_format: {"type": "json_object"}`: any JSON object."""
+
+    type: Literal["json_object"]
+
+
+class JsonSchemaResponseFormat(_Lenient):
+    """`response_format: {"type": "json_schema", "json_schema": {...}}`."""
+
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaResponseFormat, Field(discriminator="type")]
 
 
 class SamplingFields(_Lenient):
@@ -82,7 +91,7 @@ class SamplingFields(_Lenient):
     repeat_penalty: float | None = Field(default=None, gt=0.0)
     seed: int | None = None
     stop: str | list[str] | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, float] | None = Field(default=None, json_schema_extra={"propertyNames": {"pattern": "^-?[0-9]+$"}, "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}})
     n: int = Field(default=1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -111,10 +120,17 @@ class SamplingFields(_Lenient):
         return [s for s in stops if s]
 
 
+class ChatMessage(_Lenient):
+    """One chat message; role-specific fields (tool_calls, tool_call_id, name…) pass through."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+
 class ChatCompletionRequest(SamplingFields):
     """POST /v1/chat/completions."""
 
-    messages: list[dict[str, Any]] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=0)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
@@ -125,13 +141,9 @@ class ChatCompletionRequest(SamplingFields):
     reasoning_effort: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
 
-    @field_validator("messages")
-    @classmethod
-    def _messages_have_roles(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        for index, message in enumerate(value):
-            if not isinstance(message.get("role"), str):
-                raise ValueError(f"messages[{index}] has no role")
-        return value
+    def message_dicts(self) -> list[dict[str, Any]]:
+        """The messages as plain dicts, with only the fields the client sent."""
+        return [message.model_dump(exclude_unset=True) for message in self.messages]
 
     def token_budget(self) -> int | None:
         """max_completion_tokens, else max_tokens."""
@@ -173,3 +185,29 @@ class EmbeddingRequest(_Lenient):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """The inside of the OpenAI error envelope."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    """`{"error": {...}}`: every error minerva answers."""
+
+    error: ErrorBody
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI `responses=` entries documenting the error envelope for these statuses."""
+    return {status: {"model": ErrorEnvelope, "description": "Error in the OpenAI envelope"} for status in statuses}
+
+
+STREAMING_RESPONSE = {
+    200: {"description": "A completion object, or with `stream: true` server-sent events of chunks",
+          "content": {"application/json": {}, "text/event-stream": {}}},
+}

@@ -11,7 +11,7 @@ from minerva.parsers.base import ContentDelta, ReasoningDelta, ToolCallArguments
 from minerva.protocol.chunks import ResponseHeader, usage_dict
 from minerva.protocol.requests import ChatCompletionRequest
 from minerva.services.chat_prompt import ChatPrompt, build_chat_prompt, make_parser
-from minerva.services.completions import check_token_ids
+from minerva.services.completions import check_token_ids, refuse_embedding_model
 from minerva.services.generation import Finished, TextPiece, clamp_max_tokens, generate_choice, logprob_entry, merge_choices
 from minerva.services.sampling import sampling_from_request
 
@@ -30,6 +30,7 @@ class PreparedChat:
 def prepare_chat(request: ChatCompletionRequest, engine: Engine, model_id: str,
                  session_key: str | None = None) -> PreparedChat:
     """Render the prompt through the model's template, tokenize it and check it fits."""
+    refuse_embedding_model(engine, model_id)
     check_token_ids([int(k) for k in (request.logit_bias or {})], engine.info.vocab_size, "logit_bias")
     prompt = build_chat_prompt(request, engine)
     add_special = not (engine.bos_token and prompt.text.startswith(engine.bos_token))

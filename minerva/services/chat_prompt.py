@@ -87,7 +87,7 @@ def build_chat_prompt(request: ChatCompletionRequest, engine: Engine) -> ChatPro
     from minerva.chat.tool_prompt import render_tools_for_prompt
 
     template = engine.info.chat_template
-    messages = normalize_messages(request.messages)
+    messages = normalize_messages(request.message_dicts())
     tools = _tool_dicts(request)
     reasoning_format = detect_reasoning_format(template)  # "think", "harmony" or None
     native_format = detect_tool_format(template) if template_supports_tools(template) else None

@@ -23,6 +23,13 @@ class PreparedCompletion:
     stops: tuple[str, ...]
 
 
+def refuse_embedding_model(engine: Engine, model_id: str) -> None:
+    """Generation asked of an embedding model is the client's mistake: a 400 before any stream."""
+    if engine.info.kind == "embedding":
+        raise InvalidRequestError(f"The model '{model_id}' is an embedding model; use /v1/embeddings.",
+                                  param="model")
+
+
 def check_token_ids(ids: list[int], vocab_size: int | None, param: str) -> None:
     """Refuse token ids outside the vocabulary."""
     for token in ids:
@@ -33,6 +40,7 @@ def check_token_ids(ids: list[int], vocab_size: int | None, param: str) -> None:
 def prepare_completion(request: CompletionRequest, engine: Engine, model_id: str,
                        session_key: str | None = None) -> PreparedCompletion:
     """Tokenize prompts, check the context and build one generation request per choice."""
+    refuse_embedding_model(engine, model_id)
     if request.best_of is not None and request.best_of != request.n:
         raise InvalidRequestError("best_of other than n is not supported", param="best_of")
     if request.suffix:
