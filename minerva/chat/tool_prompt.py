@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from minerva.chat.gbnf import gbnf_literal
+
 MAX_DESCRIPTION_CHARS = 160
 MAX_TYPE_DEPTH = 3
 
@@ -30,20 +32,15 @@ class ToolCallFormat:
 
     def grammar_call(self, alternatives: Sequence[tuple[str, str]]) -> str:
         """GBNF for one call to any of ``(name, arguments_rule)``; the shared head is factored."""
-        head = _gbnf_literal(self.prefix + '{"name": ')
+        head = gbnf_literal(self.prefix + '{"name": ')
         options = " | ".join(
-            _gbnf_literal(json.dumps(name) + ', "arguments": ') + f" {rule}"
+            gbnf_literal(json.dumps(name) + ', "arguments": ') + f" {rule}"
             for name, rule in alternatives
         )
-        return f"{head} ( {options} ) {_gbnf_literal('}' + self.suffix)}"
+        return f"{head} ( {options} ) {gbnf_literal('}' + self.suffix)}"
 
 
 HERMES_CALL_FORMAT = ToolCallFormat()
-
-
-def _gbnf_literal(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
 
 
 def first_sentence(text: str, limit: int = MAX_DESCRIPTION_CHARS) -> str:
