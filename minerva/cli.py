@@ -115,7 +115,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """Print the models the registry finds."""
-    from rich.console import Console
     from rich.table import Table
 
     from minerva.api.app import build_registry
@@ -136,11 +135,18 @@ def cmd_models(args: argparse.Namespace) -> int:
                       _human_count(info.parameter_count), info.architecture or "-",
                       f"{info.context_length:,}" if info.context_length else "-", info.kind,
                       "yes" if info.has_chat_template else "no")
-    console = Console()
+    console = _console()
     console.print(table)
     for path, reason in registry.failures().items():
         console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
     return 0
+
+
+def _console():
+    """A rich console; when output is not a terminal, wide enough that ids and paths stay whole."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def _human_count(count: int) -> str:
@@ -163,7 +169,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2, default=str))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=str(args.path), show_header=False)
@@ -171,7 +176,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if key == "chat_template" and value:
             value = f"{len(value)} characters"
         table.add_row(key, str(value))
-    Console().print(table)
+    _console().print(table)
     return 0
 
 
