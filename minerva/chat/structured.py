@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from minerva.chat.gbnf import gbnf_literal
-from minerva.chat.number_ranges import MAX_INT_DIGITS, decimal_options, integer_range, natural_range
+from minerva.chat.number_ranges import MAX_INT_DIGITS, decimal_options, integer_range
 from minerva.chat.tool_prompt import HERMES_CALL_FORMAT, ToolCallFormat
 from minerva.errors import InvalidRequestError
 
