@@ -88,7 +88,7 @@ def main() -> int:
             process.terminate()
             process.wait(timeout=30)
     print(json.dumps(results, indent=2))
-    print(f"targets: list p99 <= 5 ms, idle RSS <= 80 MB, up and answering <= 1.5 s", file=sys.stderr)
+    print("targets: list p99 <= 5 ms, idle RSS <= 80 MB, up and answering <= 1.5 s", file=sys.stderr)
     return 0
 
 

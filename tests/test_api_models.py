@@ -14,7 +14,6 @@ from tests.conftest import running_server
 @pytest.fixture(scope="module")
 def models_server(tmp_path_factory, smollm2_path):
     directory = tmp_path_factory.mktemp("models")
-    nested = directory / "org"
     shutil.copy(smollm2_path, directory / "Copy-Of-Smol.gguf")
     (directory / "corrupt.gguf").write_bytes(b"GGUF" + b"\x00" * 10)
     settings = Settings(models_dirs=[directory], models={"org/smol": smollm2_path})

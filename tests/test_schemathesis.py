@@ -8,7 +8,6 @@ Known gaps of the published schema (see test_schema_documents_what_we_send): it 
 
 import json
 
-import pytest
 import schemathesis
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
