@@ -176,10 +176,10 @@ def test_cancelling_one_stream_frees_its_slot_and_others_finish(engine):
 
 
 def test_shared_prefix_is_reused_across_slots(engine):
-    body = " ".join(f"Fact {i}: the {i}th lantern of the harbour is painted blue." for i in range(60))
+    body = " ".join(f"Fact {i}: the {i}th lantern of the harbour is painted blue." for i in range(40))
     prefix = f"<|im_start|>system\n{body}<|im_end|>\n<|im_start|>user\n"
     prefix_len = len(engine.tokenize(prefix))
-    assert prefix_len > 500
+    assert 500 < prefix_len < engine.n_ctx - 64
     before = engine.stats()["cached_tokens_total"]
 
     async def scenario():

@@ -1,4 +1,15 @@
-"""Continuous batching over one llama context: slots, chunked prefill, prefix reuse, cancellation."""
+"""Continuous batching over one llama context: slots, chunked prefill, prefix reuse, cancellation.
+
+One worker thread owns the context. Each step it admits waiting requests into free slots (sequence
+ids), then builds one llama_batch: one token for every generating sequence first, then prompt chunks
+(the whole n_batch when nobody is generating, else at most `prefill_chunk`) in admission order, and
+decodes it in a single llama_decode (ctypes releases the GIL). Sequences sample from their own row.
+
+The KV memory is unified (one cell pool for all slots), so copying a prefix from a donor slot with
+llama_memory_seq_cp only tags cells with another sequence id. A request whose prompt shares a long
+prefix with a prompt still being prefilled waits until those cells exist instead of computing them
+twice.
+"""
 
 from __future__ import annotations
 
@@ -267,8 +278,11 @@ class BatchScheduler:
             llama.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
             if plan.donor_seq_id is not None and reused > 0:
                 llama.llama_memory_seq_cp(self._mem, plan.donor_seq_id, slot.seq_id, 0, reused)
-        if reused > 0 and llama.llama_memory_seq_pos_min(self._mem, slot.seq_id) > 0:
-            # e.g. a sliding-window cache that no longer holds the start of the prefix
+        if reused > 0 and (
+            llama.llama_memory_seq_pos_min(self._mem, slot.seq_id) != 0
+            or llama.llama_memory_seq_pos_max(self._mem, slot.seq_id) != reused - 1
+        ):
+            # the cells are not the whole prefix (e.g. a sliding-window cache dropped its start)
             llama.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
             reused = 0
         slot.tokens = seq.prompt[:reused]
