@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     n_slots: int = 4  # concurrent sequences per loaded GGUF model
     n_threads: int | None = None  # None: all cores
     n_batch: int = 512
+    use_mmap: bool = False  # True: map GGUF weights (faster loads) but truncating a loaded file crashes
     queue_limit: int = 64  # requests waiting per model before 429
     idle_ttl_s: float = 1800.0  # unload a model idle this long (0: never)
     memory_budget_mb: int | None = None  # None: 80% of physical memory

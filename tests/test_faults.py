@@ -126,9 +126,6 @@ def test_model_truncated_while_idle(served_copy):
     assert server.proc.poll() is None
 
 
-@pytest.mark.xfail(reason="llama.cpp mmaps the weights (minerva/engine/llamacpp_loader.py: default "
-                          "use_mmap); truncating the file under a running generation kills the server "
-                          "with SIGBUS (remove this mark once the loader is fixed)", strict=True)
 def test_model_truncated_during_generation(served_copy):
     server, path = served_copy
     base = f"http://127.0.0.1:{server.port}/v1"

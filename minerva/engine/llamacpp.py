@@ -66,6 +66,7 @@ class LlamaCppEngine:
         prefill_chunk: int = 256,
         queue_limit: int = 64,
         rope_scaling: RopeScaling | None = None,
+        use_mmap: bool = False,
         flash_attn: bool | None = None,
     ) -> LlamaCppEngine:
         """Load a GGUF model; n_ctx (default: its trained context) is what one sequence may hold.
@@ -82,7 +83,7 @@ class LlamaCppEngine:
         if n_slots < 1 or n_batch < 1:
             raise ModelLoadError("n_slots and n_batch must be at least 1.")
         route_native_logs()
-        model = load_model(info)
+        model = load_model(info, use_mmap)
         try:
             n_ctx_train = llama.llama_model_n_ctx_train(model) or info.context_length or _DEFAULT_N_CTX
             ctx_len = n_ctx or info.context_length or n_ctx_train

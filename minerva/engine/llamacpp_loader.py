@@ -77,11 +77,16 @@ def check_gguf_file(info: ModelInfo) -> None:
             raise ModelLoadError(f"Model file {p.name} is not a GGUF file; cannot load model '{info.name}'.")
 
 
-def load_model(info: ModelInfo) -> llama.llama_model_p:
-    """Load the weights of a (possibly split) GGUF model; ModelLoadError when llama.cpp refuses."""
+def load_model(info: ModelInfo, use_mmap: bool = False) -> llama.llama_model_p:
+    """Load the weights of a (possibly split) GGUF model; ModelLoadError when llama.cpp refuses.
+
+    Without mmap the weights are read into memory: a file truncated in place while the model is
+    loaded (`cp new.gguf old.gguf` does that) would otherwise kill the process with SIGBUS.
+    """
     check_gguf_file(info)
     llama.llama_backend_init()
     params = llama.llama_model_default_params()
+    params.load_mode = llama.LLAMA_LOAD_MODE_MMAP if use_mmap else llama.LLAMA_LOAD_MODE_NONE
     files = [str(p) for p in (info.files or (info.path,))]
     if len(files) > 1:
         paths = (ctypes.c_char_p * len(files))(*[f.encode() for f in files])

@@ -34,8 +34,11 @@ def load_engine(model: RegisteredModel, settings: Settings) -> Engine:
         engine_cls = getattr(importlib.import_module(module_name), class_name)
     except ImportError as exc:
         raise ModelLoadError(f"no engine available for {model.info.format} models: {exc}") from exc
+    # Options only one engine understands.
+    extra = {"use_mmap": settings.use_mmap} if model.info.format == "gguf" else {}
     return engine_cls.load(
         model.info,
+        **extra,
         n_ctx=settings.n_ctx or default_context_length(model, settings),
         n_slots=settings.n_slots,
         n_threads=settings.n_threads,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import llama_cpp as llama
 import numpy as np
 
-from minerva.engine.base import GenerationEnd, GenerationRequest, TokenEvent, TokenLogprob
+from minerva.engine.base import GenerationEnd, GenerationRequest, PromptProcessed, TokenEvent, TokenLogprob
 from minerva.engine.prefix_cache import PrefixCache, PrefixPlan, SlotState, common_prefix_length
 from minerva.engine.sampling import SequenceSampler, token_logprobs
 from minerva.errors import MinervaError, ModelUnavailableError, QueueFullError
@@ -65,6 +65,7 @@ class Sequence:
     next_token: int | None = None  # sampled but not yet decoded
     completion_tokens: int = 0
     cached_tokens: int = 0
+    prompt_reported: bool = False
     finished: bool = False
 
     @property
@@ -352,6 +353,9 @@ class BatchScheduler:
         logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
         sampled = seq.sampler.sample(logits)
         prompt_n = len(seq.prompt)
+        if seq.completion_tokens == 0 and not seq.prompt_reported:
+            seq.prompt_reported = True
+            self._emit(seq, PromptProcessed(prompt_n, seq.cached_tokens))
         if sampled.dead_end or llama.llama_vocab_is_eog(self._vocab, sampled.token_id):
             if sampled.dead_end:
                 logger.info("grammar allowed no further token; ending the sequence")
