@@ -118,7 +118,7 @@ async def run_concurrent(base_url: str, model: str, streams: int, max_tokens: in
 
 
 def long_prefix(n_lines: int) -> str:
-    """A deterministic document of numbered facts (~14 tokens a line for SmolLM2)."""
+    """A deterministic document of numbered facts (~23 tokens a line for SmolLM2: digits split)."""
     colours = ["red", "green", "blue", "amber", "violet", "silver", "black", "white"]
     return "\n".join(f"Fact {i}: crate {i} holds {i * 7 % 97} {colours[i % 8]} marbles on shelf {i % 13}."
                      for i in range(n_lines))

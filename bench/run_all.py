@@ -76,7 +76,7 @@ def model_path() -> Path:
 
 def run_scenarios(base_url: str, model: str, quick: bool) -> dict:
     """Every scenario against one server."""
-    prefix_lines = 60 if quick else 215  # ~3,000 prompt tokens at full size
+    prefix_lines = 40 if quick else 130  # ~3,000 prompt tokens for SmolLM2 (~23 tokens a line)
     return {
         "single_64": asyncio.run(run_concurrent(base_url, model, 1, 64, rounds=2 if quick else 3)),
         "concurrent_4x64": asyncio.run(run_concurrent(base_url, model, 4, 64, rounds=1 if quick else 2)),
