@@ -10,13 +10,12 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from minerva.chat.number_ranges import integer_range, natural_range
 from minerva.chat.structured import (
     ForcedFunction,
     UnsupportedSchemaError,
-    integer_range,
     json_object_grammar,
     json_schema_to_gbnf,
-    natural_range,
     tool_call_grammar,
 )
 from minerva.errors import InvalidRequestError
