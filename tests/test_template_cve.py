@@ -14,9 +14,9 @@ from tests.model_fixtures import GGUFSpec, write_gguf
 from tests.scripted_engine import Script, scripted_loader
 
 
-def cve_payload(marker: Path) -> str:
+def cve_payload(marker: Path, match: str = '"warning" in x.__name__') -> str:
     """The published CVE-2024-34359 template, with the command aimed at `marker`."""
-    return ("{% for x in ().__class__.__base__.__subclasses__() %}{% if \"warning\" in x.__name__ %}"
+    return ("{% for x in ().__class__.__base__.__subclasses__() %}{% if " + match + " %}"
             "{{x()._module.__builtins__['__import__']('os').popen(\"touch " + str(marker) + "\")}}"
             "{%endif%}{% endfor %}")
 
@@ -33,7 +33,9 @@ def wait_for(path: Path, seconds: float) -> bool:
 def test_payload_is_live_outside_a_sandbox(tmp_path):
     """Control: rendered by a plain jinja2 Environment (as the vulnerable server did) it runs."""
     marker = tmp_path / "control"
-    jinja2.Environment().from_string(cve_payload(marker)).render()
+    # The published loop calls every class with "warning" in its name; once numpy is imported its
+    # suppress_warnings class comes first and breaks the loop, so the control picks the intended class.
+    jinja2.Environment().from_string(cve_payload(marker, 'x.__name__ == "catch_warnings"')).render()
     assert wait_for(marker, 10)
 
 
