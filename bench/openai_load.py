@@ -97,6 +97,9 @@ def summarize(results: list[StreamResult], wall: float) -> dict:
 
 
 STORY = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
+# SmolLM2's end-of-generation tokens (<|endoftext|>, <|im_end|>) banned through the standard
+# logit_bias field, so every server generates exactly max_tokens and throughput compares like for like.
+NO_EOS = {"logit_bias": {"0": -100, "2": -100}}
 
 
 async def run_concurrent(base_url: str, model: str, streams: int, max_tokens: int, rounds: int = 2) -> dict:
@@ -110,18 +113,18 @@ async def run_concurrent(base_url: str, model: str, streams: int, max_tokens: in
             batch = await asyncio.gather(*(
                 stream_chat(client, base_url, model,
                             [{"role": "user", "content": messages[0]["content"] + f" Teller {i}."}], max_tokens,
-                            extra={"ignore_eos": True})
+                            extra=NO_EOS)
                 for i in range(streams)))
             wall += time.perf_counter() - started
             results.extend(batch)
     return summarize(results, wall)
 
 
-def long_prefix(n_lines: int) -> str:
+def long_prefix(n_lines: int, variant: int = 0) -> str:
     """A deterministic document of numbered facts (~23 tokens a line for SmolLM2: digits split)."""
     colours = ["red", "green", "blue", "amber", "violet", "silver", "black", "white"]
-    return "\n".join(f"Fact {i}: crate {i} holds {i * 7 % 97} {colours[i % 8]} marbles on shelf {i % 13}."
-                     for i in range(n_lines))
+    return "\n".join(f"Fact {i}: crate {i + variant} holds {(i + variant) * 7 % 97} {colours[i % 8]} marbles "
+                     f"on shelf {i % 13}." for i in range(n_lines))
 
 
 async def run_shared_prefix(base_url: str, model: str, requests: int, concurrency: int, prefix_lines: int,
@@ -136,7 +139,7 @@ async def run_shared_prefix(base_url: str, model: str, requests: int, concurrenc
             async with semaphore:
                 messages = [{"role": "system", "content": "Answer from the document.\n" + prefix},
                             {"role": "user", "content": f"How many marbles does crate {i * 11} hold?"}]
-                return await stream_chat(client, base_url, model, messages, max_tokens, extra={"ignore_eos": True})
+                return await stream_chat(client, base_url, model, messages, max_tokens, extra=NO_EOS)
 
         started = time.perf_counter()
         results = await asyncio.gather(*(one(i) for i in range(requests)))
@@ -148,7 +151,7 @@ async def run_shared_prefix(base_url: str, model: str, requests: int, concurrenc
 
 async def run_multi_turn(base_url: str, model: str, prefix_lines: int, max_tokens: int) -> dict:
     """A session whose second turn resends the first turn's long history: second TTFT vs first."""
-    prefix = long_prefix(prefix_lines)
+    prefix = long_prefix(prefix_lines, variant=1000)  # not the shared-prefix scenario's document
     headers = {"x-session-affinity": f"bench-{time.time_ns()}"}
     async with httpx.AsyncClient(timeout=1200) as client:
         await stream_chat(client, base_url, model, STORY, 4)
