@@ -100,11 +100,14 @@ STORY = [{"role": "user", "content": "Write a long story about a lighthouse keep
 # SmolLM2's end-of-generation tokens (<|endoftext|>, <|im_end|>) banned through the standard
 # logit_bias field, so every server generates exactly max_tokens and throughput compares like for like.
 NO_EOS = {"logit_bias": {"0": -100, "2": -100}}
+# A new connection per request: llama-server closes idle keep-alive connections, and a request sent
+# on one that was just closed fails without a response (seen on the anchor, never on ours).
+FRESH_CONNECTIONS = httpx.Limits(max_keepalive_connections=0)
 
 
 async def run_concurrent(base_url: str, model: str, streams: int, max_tokens: int, rounds: int = 2) -> dict:
     """`streams` identical-length greedy streams at once, `rounds` times; aggregate throughput."""
-    async with httpx.AsyncClient(timeout=600) as client:
+    async with httpx.AsyncClient(timeout=600, limits=FRESH_CONNECTIONS) as client:
         await stream_chat(client, base_url, model, STORY, 8)  # warm-up: load the model
         results, wall = [], 0.0
         for round_index in range(rounds):
@@ -132,7 +135,7 @@ async def run_shared_prefix(base_url: str, model: str, requests: int, concurrenc
     """N requests sharing a long prefix and differing in the last line, `concurrency` at a time."""
     prefix = long_prefix(prefix_lines)
     semaphore = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(timeout=1200) as client:
+    async with httpx.AsyncClient(timeout=1200, limits=FRESH_CONNECTIONS) as client:
         await stream_chat(client, base_url, model, STORY, 4)
 
         async def one(i: int) -> StreamResult:
@@ -153,7 +156,7 @@ async def run_multi_turn(base_url: str, model: str, prefix_lines: int, max_token
     """A session whose second turn resends the first turn's long history: second TTFT vs first."""
     prefix = long_prefix(prefix_lines, variant=1000)  # not the shared-prefix scenario's document
     headers = {"x-session-affinity": f"bench-{time.time_ns()}"}
-    async with httpx.AsyncClient(timeout=1200) as client:
+    async with httpx.AsyncClient(timeout=1200, limits=FRESH_CONNECTIONS) as client:
         await stream_chat(client, base_url, model, STORY, 4)
         history = [{"role": "system", "content": "Answer from the document.\n" + prefix},
                    {"role": "user", "content": "How many marbles does crate 5 hold?"}]
