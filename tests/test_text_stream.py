@@ -13,8 +13,12 @@ def run_matcher(chunks: list[str], stops: tuple[str, ...]) -> tuple[str, bool]:
 
 
 def reference(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return (text[: min(hits)], True) if hits else (text, False)
+    """Feed one character at a time: generation stops at the first stop sequence to complete."""
+    for end in range(len(text) + 1):
+        done = [end - len(s) for s in stops if s and text[:end].endswith(s)]
+        if done:
+            return text[: min(done)], True
+    return text, False
 
 
 def split(text: str, cuts: list[int]) -> list[str]:
@@ -33,6 +37,12 @@ def split(text: str, cuts: list[int]) -> list[str]:
 def test_stop_matching_is_split_independent(text, stops, cuts):
     stops = tuple(stops)
     assert run_matcher(split(text, cuts), stops) == reference(text, stops)
+
+
+def test_the_stop_that_completes_first_wins():
+    # '<a<' starts earlier but 'a' completes first: generation would already have stopped
+    assert run_matcher(["<a", "<"], ("a", "<a<")) == ("<", True)
+    assert run_matcher(["<a<"], ("a", "<a<")) == ("<", True)
 
 
 def test_stop_sequence_is_never_emitted_and_ends_text():

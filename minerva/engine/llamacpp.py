@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator
 import llama_cpp as llama
 import numpy as np
 
-from minerva.engine.base import GenerationEnd, GenerationEvent, GenerationRequest
+from minerva.engine.base import GenerationEvent, GenerationRequest
 from minerva.engine.llamacpp_loader import ContextShape, RopeScaling, load_model, new_context, route_native_logs
 from minerva.engine.sampling import SequenceSampler
 from minerva.engine.scheduler import BatchScheduler, SchedulerConfig, Sequence
+from minerva.engine.sequence_events import relay_events
 from minerva.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
@@ -177,13 +178,8 @@ class LlamaCppEngine:
             sampler.free()
             raise
         try:
-            while True:
-                event = await events.get()
-                if isinstance(event, BaseException):
-                    raise event
-                yield event  # type: ignore[misc]
-                if isinstance(event, GenerationEnd):
-                    return
+            async for event in relay_events(events):
+                yield event
         finally:
             scheduler.cancel(seq)
 

@@ -5,38 +5,18 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
-import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import llama_cpp as llama
 import numpy as np
 
 from minerva.engine.base import SamplingParams
+from minerva.engine.sequence_events import WHOLE_CONTEXT_WINDOW, SampledToken, resolve_seed
 from minerva.errors import InvalidRequestError
 
 logger = logging.getLogger(__name__)
 
 _CANDIDATE_DTYPE = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
-_WHOLE_CONTEXT_WINDOW = 8192  # penalty_last_n < 0 means "the whole context"
-_MAX_SEED = 0xFFFFFFFE  # 0xFFFFFFFF is llama.cpp's "pick a random seed"
-
-
-def resolve_seed(seed: int | None) -> int:
-    """The 32-bit seed a dist sampler gets: the request's, or a fresh random one."""
-    if seed is None:
-        return secrets.randbelow(_MAX_SEED + 1)
-    return min(seed & 0xFFFFFFFF, _MAX_SEED)
-
-
-@dataclass(frozen=True)
-class SampledToken:
-    """The token a sampler chose; `dead_end` when a grammar allowed no token at all."""
-
-    token_id: int
-    dead_end: bool = False
-
-
 class SequenceSampler:
     """One sequence's sampler chain and the candidate buffer it samples from (not thread-safe)."""
 
@@ -118,7 +98,7 @@ def _add_stages(
     if params.penalty_last_n != 0 and (
         params.repeat_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
     ):
-        window = params.penalty_last_n if params.penalty_last_n > 0 else _WHOLE_CONTEXT_WINDOW
+        window = params.penalty_last_n if params.penalty_last_n > 0 else WHOLE_CONTEXT_WINDOW
         penalties = llama.llama_sampler_init_penalties(
             n_vocab, window, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
         )

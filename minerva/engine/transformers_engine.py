@@ -20,7 +20,8 @@ from typing import Any
 import torch
 import transformers
 
-from minerva.engine.base import GenerationEnd, GenerationEvent, GenerationRequest
+from minerva.engine.base import GenerationEvent, GenerationRequest
+from minerva.engine.sequence_events import relay_events
 from minerva.engine.transformers_embed import POOLING_MODES, EmbeddingRecipe, SentenceEmbedder
 from minerva.engine.transformers_sampling import TorchSampler
 from minerva.engine.transformers_vocab import token_pieces
@@ -215,13 +216,8 @@ class TransformersEngine:
         job = DecodeJob(request, prompt, min(request.max_tokens, self.n_ctx - len(prompt)), sampler, emit)
         worker.submit(job)
         try:
-            while True:
-                event = await events.get()
-                if isinstance(event, BaseException):
-                    raise event
-                yield event  # type: ignore[misc]
-                if isinstance(event, GenerationEnd):
-                    return
+            async for event in relay_events(events):
+                yield event
         finally:
             worker.cancel(job)
 

@@ -3,37 +3,18 @@
 from __future__ import annotations
 
 import math
-import secrets
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from minerva.engine.base import SamplingParams
+from minerva.engine.sequence_events import WHOLE_CONTEXT_WINDOW, SampledToken, resolve_seed
 from minerva.errors import InvalidRequestError
 
 if TYPE_CHECKING:  # llguidance is imported only when a request carries a grammar
     from minerva.engine.transformers_grammar import GrammarConstraint
-
-_WHOLE_CONTEXT_WINDOW = 8192  # penalty_last_n < 0 means "the whole context"
-_MAX_SEED = 0xFFFFFFFE
-
-
-def resolve_seed(seed: int | None) -> int:
-    """The seed a sequence's generator gets: the request's (32-bit), or a fresh random one."""
-    if seed is None:
-        return secrets.randbelow(_MAX_SEED + 1)
-    return min(seed & 0xFFFFFFFF, _MAX_SEED)
-
-
-@dataclass(frozen=True)
-class Choice:
-    """The token a sampler chose; `dead_end` when the grammar allowed no token at all."""
-
-    token_id: int
-    dead_end: bool = False
 
 
 class TorchSampler:
@@ -53,10 +34,10 @@ class TorchSampler:
         self._penalize = params.penalty_last_n != 0 and (
             params.repeat_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
         )
-        window = params.penalty_last_n if params.penalty_last_n > 0 else _WHOLE_CONTEXT_WINDOW
+        window = params.penalty_last_n if params.penalty_last_n > 0 else WHOLE_CONTEXT_WINDOW
         self._history: deque[int] = deque(list(prompt)[-window:] if self._penalize else (), maxlen=window)
 
-    def choose(self, logits: torch.Tensor) -> Choice:
+    def choose(self, logits: torch.Tensor) -> SampledToken:
         """Pick the next token from one position's raw logits (1-D float32) and remember it."""
         params = self.params
         x = logits.clone()
@@ -69,13 +50,13 @@ class TorchSampler:
         if params.temperature <= 0.0:
             token = int(torch.argmax(x))
             if not math.isfinite(float(x[token])):
-                return Choice(token, dead_end=True)
+                return SampledToken(token, dead_end=True)
             return self._accept(token)
         ids = None
         if 0 < params.top_k < x.shape[0]:
             x, ids = torch.topk(x, params.top_k)
         if not math.isfinite(float(x.max())):
-            return Choice(-1, dead_end=True)
+            return SampledToken(-1, dead_end=True)
         if 0.0 < params.top_p < 1.0 or params.min_p > 0.0:
             x, ids = self._nucleus(x, ids)
         probs = torch.softmax(x / params.temperature, dim=-1)
@@ -106,12 +87,12 @@ class TorchSampler:
             keep = min(keep, max(1, int((probs >= params.min_p * probs[0]).sum())))
         return x[:keep], ids[:keep]
 
-    def _accept(self, token: int) -> Choice:
+    def _accept(self, token: int) -> SampledToken:
         if self.grammar is not None and not self.grammar.accept(token):
-            return Choice(token, dead_end=True)
+            return SampledToken(token, dead_end=True)
         if self._penalize:
             self._history.append(token)
-        return Choice(token)
+        return SampledToken(token)
 
 
 def token_logprobs(logits: torch.Tensor, token_id: int, top_n: int) -> tuple[float, list[tuple[int, float]]]:

@@ -23,6 +23,20 @@ class IncrementalDecoder:
         return self._decoder.decode(b"", final=True)
 
 
+def first_completed_stop(text: str, stops: tuple[str, ...]) -> int:
+    """Where the text is cut: at the stop sequence that completes first (earliest start on a tie), or -1.
+
+    Generation ends as soon as a stop sequence is complete, so a longer one that began earlier but
+    would end later never gets the chance to match.
+    """
+    best: tuple[int, int] | None = None
+    for stop in stops:
+        start = text.find(stop)
+        if start >= 0 and (best is None or (start + len(stop), start) < best):
+            best = (start + len(stop), start)
+    return -1 if best is None else best[1]
+
+
 @dataclass
 class StopMatcher:
     """Finds stop sequences across chunk boundaries; text that might begin one is held back."""
@@ -38,7 +52,7 @@ class StopMatcher:
         if not self.stops:
             return text
         buffer = self._held + text
-        first = min((i for i in (buffer.find(s) for s in self.stops) if i >= 0), default=-1)
+        first = first_completed_stop(buffer, self.stops)
         if first >= 0:
             self.stopped = True
             self._held = ""
