@@ -349,15 +349,9 @@ class BatchScheduler:
 
     def _advance(self, seq: Sequence, row: int) -> None:
         """Sample the next token of `seq` from batch row `row` and emit it, or end the sequence."""
-        params = seq.request.sampling
-        logits = None
-        if seq.sampler.constrained or params.logprobs:
-            ptr = llama.llama_get_logits_ith(self._ctx, row)
-            logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
-        if seq.sampler.constrained:
-            sampled = seq.sampler.sample(logits)
-        else:
-            sampled = seq.sampler.sample_row(self._ctx, row)
+        ptr = llama.llama_get_logits_ith(self._ctx, row)
+        logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+        sampled = seq.sampler.sample(logits)
         prompt_n = len(seq.prompt)
         if seq.completion_tokens == 0 and not seq.prompt_reported:
             seq.prompt_reported = True
@@ -369,6 +363,7 @@ class BatchScheduler:
             return
         token = sampled.token_id
         event = TokenEvent(token_id=token, piece=self._piece(token))
+        params = seq.request.sampling
         if params.logprobs:
             chosen, top = token_logprobs(logits, token, max(0, min(params.top_logprobs, 20)))
             alternatives = tuple(TokenLogprob(i, self._piece(i), lp) for i, lp in top)
