@@ -16,7 +16,7 @@ from minerva.engine.base import GenerationEvent, GenerationRequest
 from minerva.engine.llamacpp_loader import ContextShape, RopeScaling, load_model, new_context, route_native_logs
 from minerva.engine.sampling import SequenceSampler
 from minerva.engine.scheduler import BatchScheduler, SchedulerConfig, Sequence
-from minerva.engine.sequence_events import relay_events
+from minerva.engine.sequence_events import check_embedding_inputs, idle_stats, relay_events
 from minerva.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
@@ -186,7 +186,7 @@ class LlamaCppEngine:
     def stats(self) -> dict[str, int]:
         """Live counters: active/total slots, queued requests, cached tokens reused."""
         if self._scheduler is None:
-            return {"active_slots": 0, "total_slots": 0, "queued": 0, "n_ctx": self.n_ctx, "cached_tokens_total": 0}
+            return idle_stats(self.n_ctx)
         return self._scheduler.stats()
 
     # ---- embeddings -------------------------------------------------------------------------
@@ -196,11 +196,7 @@ class LlamaCppEngine:
         self._check_open()
         if self._embed_ctx is None:
             raise InvalidRequestError(f"The model '{self.info.name}' does not produce embeddings.", param="model")
-        for tokens in inputs:
-            if not tokens:
-                raise InvalidRequestError("An embedding input is empty.", param="input")
-            if len(tokens) > self.n_ctx:
-                raise ContextLengthExceededError(self.n_ctx, len(tokens), param="input")
+        check_embedding_inputs(inputs, self.n_ctx, self._n_vocab)
         return await asyncio.to_thread(self._embed_sync, inputs)
 
     def _embed_sync(self, inputs: list[list[int]]) -> list[list[float]]:

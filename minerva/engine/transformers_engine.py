@@ -21,7 +21,7 @@ import torch
 import transformers
 
 from minerva.engine.base import GenerationEvent, GenerationRequest
-from minerva.engine.sequence_events import relay_events
+from minerva.engine.sequence_events import check_embedding_inputs, idle_stats, relay_events
 from minerva.engine.transformers_embed import POOLING_MODES, EmbeddingRecipe, SentenceEmbedder
 from minerva.engine.transformers_sampling import TorchSampler
 from minerva.engine.transformers_vocab import token_pieces
@@ -224,7 +224,7 @@ class TransformersEngine:
     def stats(self) -> dict[str, int]:
         """Live counters: active/total slots, queued requests, cached tokens reused."""
         if self._worker is None:
-            return {"active_slots": 0, "total_slots": 0, "queued": 0, "n_ctx": self.n_ctx, "cached_tokens_total": 0}
+            return idle_stats(self.n_ctx)
         return self._worker.stats()
 
     # ---- embeddings -------------------------------------------------------------------------
@@ -235,13 +235,7 @@ class TransformersEngine:
         if self._embedder is None:
             raise InvalidRequestError(f"The model '{self.info.name}' is a chat model; it does not produce embeddings. "
                                       "Use an embedding model.", param="model")
-        for tokens in inputs:
-            if not tokens:
-                raise InvalidRequestError("An embedding input is empty.", param="input")
-            if len(tokens) > self.n_ctx:
-                raise ContextLengthExceededError(self.n_ctx, len(tokens), param="input")
-            if min(tokens) < 0 or max(tokens) >= self._n_vocab:
-                raise InvalidRequestError("The input contains token ids outside the vocabulary.", param="input")
+        check_embedding_inputs(inputs, self.n_ctx, self._n_vocab)
         return await asyncio.to_thread(self._embed_sync, inputs)
 
     def _embed_sync(self, inputs: list[list[int]]) -> list[list[float]]:
