@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from minerva.engine.prefix_cache import PrefixCache, common_prefix_length
+from minerva.engine.prefix_cache import MIN_COPY_TOKENS, PrefixCache, common_prefix_length
 
 
 def test_common_prefix_length_across_block_boundaries():
@@ -43,9 +43,27 @@ def test_reuses_longest_prefix_but_recomputes_the_last_prompt_token():
 
 def test_busy_donor_is_copied_into_another_slot():
     cache = PrefixCache(2)
+    shared = list(range(100, 100 + MIN_COPY_TOKENS))
+    busy = _hold(cache, shared + [5, 6, 7, 8, 9])
+    plan = cache.plan(shared + [5, 6, 7, 1], None)
+    assert plan.seq_id != busy and plan.donor_seq_id == busy and plan.reused_tokens == MIN_COPY_TOKENS + 3
+
+
+def test_a_short_shared_prefix_is_recomputed_not_copied():
+    cache = PrefixCache(2)
     busy = _hold(cache, [5, 6, 7, 8, 9])
     plan = cache.plan([5, 6, 7, 1], None)
-    assert plan.seq_id != busy and plan.donor_seq_id == busy and plan.reused_tokens == 3
+    assert plan.seq_id != busy and plan.donor_seq_id is None and plan.reused_tokens == 0
+
+
+def test_the_chosen_slot_keeps_its_own_prefix_when_a_copy_would_save_little():
+    cache = PrefixCache(2)
+    a = _hold(cache, [1] * 10 + [2] * 50)
+    b = _hold(cache, [1] * 20 + [3] * 50)
+    cache.release(a)
+    cache.release(b)
+    plan = cache.plan([1] * 20 + [4] * 5, None)  # b shares 20, a (least recently used) shares 10
+    assert plan.seq_id == a and plan.donor_seq_id == a and plan.reused_tokens == 10
 
 
 def test_session_slot_is_preferred_and_lru_is_evicted():
@@ -65,3 +83,36 @@ def test_no_plan_when_every_slot_is_busy():
     _hold(cache, [1])
     assert cache.plan([1, 2], None) is None
     assert cache.free_slots() == 0
+
+
+def test_a_donor_that_would_lose_its_cached_tail_is_copied_not_overwritten():
+    cache = PrefixCache(3)
+    system = [7] * (MIN_COPY_TOKENS + 4)
+    first = _hold(cache, system + [1] * 40)  # conversation A: shared system prompt + its own history
+    cache.release(first)
+    plan = cache.plan(system + [2] * 5, None)  # conversation B shares only the system prompt
+    assert plan.donor_seq_id == first and plan.reused_tokens == len(system)
+    assert plan.seq_id != first  # A's cells stay; B's slot gets a copy of the shared prefix
+    second = cache.claim(plan, system + [2] * 5, None)
+    second.tokens = system + [2] * 5
+    cache.release(second.seq_id)
+    assert cache.plan(system + [1] * 40 + [3], None).reused_tokens == len(system) + 40  # A's next turn: all
+
+
+def test_the_next_turn_takes_over_its_own_slot():
+    cache = PrefixCache(3)
+    seq = _hold(cache, [4] * 30)
+    cache.release(seq)
+    turn = [4] * 28 + [5] * 10  # history re-tokenized a little differently at its end
+    plan = cache.plan(turn, None)
+    assert plan.seq_id == seq and plan.donor_seq_id == seq and plan.reused_tokens == 28
+
+
+def test_the_same_prompt_again_takes_over_the_slot_that_holds_it():
+    cache = PrefixCache(3)
+    prompt = list(range(50))
+    seq = _hold(cache, prompt)
+    cache.slots[seq].tokens = prompt + [99] * 60  # the prompt and its (long) answer
+    cache.release(seq)
+    plan = cache.plan(prompt, None)
+    assert plan.seq_id == seq and plan.donor_seq_id == seq and plan.reused_tokens == 49

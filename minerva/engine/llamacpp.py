@@ -16,7 +16,7 @@ from minerva.engine.base import GenerationEvent, GenerationRequest
 from minerva.engine.llamacpp_loader import ContextShape, RopeScaling, load_model, new_context, route_native_logs
 from minerva.engine.sampling import SequenceSampler
 from minerva.engine.scheduler import BatchScheduler, SchedulerConfig, Sequence
-from minerva.engine.sequence_events import check_embedding_inputs, idle_stats, relay_events
+from minerva.engine.sequence_events import EventSink, check_embedding_inputs, idle_stats
 from minerva.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
@@ -159,18 +159,13 @@ class LlamaCppEngine:
         if min(prompt) < 0 or max(prompt) >= self._n_vocab:
             raise InvalidRequestError("The prompt contains token ids outside the vocabulary.", param="prompt")
         sampler = SequenceSampler.build(self._vocab, self._n_vocab, request.sampling, prompt)
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[object] = asyncio.Queue()
-
-        def emit(event: object) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
-
+        sink = EventSink()
         seq = Sequence(
             request=request,
             prompt=prompt,
             max_tokens=min(request.max_tokens, self.n_ctx - len(prompt)),
             sampler=sampler,
-            emit=emit,
+            sink=sink,
         )
         try:
             scheduler.submit(seq)
@@ -178,7 +173,7 @@ class LlamaCppEngine:
             sampler.free()
             raise
         try:
-            async for event in relay_events(events):
+            async for event in sink.events():
                 yield event
         finally:
             scheduler.cancel(seq)

@@ -48,7 +48,7 @@ class ContextShape:
     """How a context is sized: per-sequence tokens, sequences, batch, threads and RoPE scaling."""
 
     n_ctx: int  # tokens one sequence may hold
-    n_seq: int  # sequences sharing the unified KV memory
+    n_seq: int  # sequences (slots), each with its own KV stream of n_ctx cells
     n_batch: int
     n_threads: int
     rope_scaling: RopeScaling | None = None
@@ -58,7 +58,7 @@ class ContextShape:
 
     @property
     def n_ctx_total(self) -> int:
-        """KV cells in the unified memory: every sequence can hold a full n_ctx at once."""
+        """KV cells over all streams: every sequence can hold a full n_ctx at once."""
         return self.n_ctx * self.n_seq
 
 
@@ -102,11 +102,14 @@ def load_model(info: ModelInfo, use_mmap: bool = False) -> llama.llama_model_p:
 
 
 def context_params(shape: ContextShape) -> llama.llama_context_params:
-    """llama_context_params for a unified KV memory of n_ctx * n_seq cells."""
+    """llama_context_params for n_seq KV streams of n_ctx cells each."""
     params = llama.llama_context_default_params()
     params.n_ctx = shape.n_ctx_total
     params.n_seq_max = shape.n_seq
-    params.kv_unified = True  # one cell pool: seq_cp between slots is metadata-only (prefix sharing)
+    # One stream per slot, as llama-server does: a sequence attends over its own stream only. In one
+    # unified pool every step attended over all cached cells of every slot, which cost about 7 % of a
+    # decode step per 1,000 tokens other slots held. Sharing a prefix then copies a stream instead.
+    params.kv_unified = False
     params.n_batch = shape.n_batch
     params.n_ubatch = shape.n_batch
     params.n_threads = shape.n_threads
@@ -150,7 +153,7 @@ def new_context(model: llama.llama_model_p, info: ModelInfo, shape: ContextShape
             f"(about {math.ceil(kv_mib)} MiB of KV cache); lower n_ctx or the number of slots."
         )
     logger.info(
-        "%s: %d slot(s) x %d tokens in a unified KV cache of %d cells, about %.0f MiB",
+        "%s: %d slot(s) x %d tokens of KV cache (%d cells), about %.0f MiB",
         info.name, shape.n_seq, shape.n_ctx, llama.llama_n_ctx(ctx), kv_mib,
     )
     return ctx

@@ -20,6 +20,10 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+KEEP_TOLERANCE = 16  # cached tokens a slot may lose when its own conversation continues in it
+MIN_COPY_TOKENS = 32  # a prefix shorter than this is recomputed rather than copied from another slot
+
+
 @dataclass
 class SlotState:
     """One llama sequence id: the tokens whose KV cells it holds, who uses it and when it last did."""
@@ -72,25 +76,36 @@ class PrefixCache:
     def plan(self, prompt: Sequence[int], session_key: str | None) -> PrefixPlan | None:
         """Pick a free slot for `prompt` and the longest reusable prefix; None when all slots are busy.
 
-        Preference: the free slot that served `session_key`, then a free slot whose own cells are the
-        best donor, then the least recently used free slot (its cells are the ones evicted).
-        At least the last prompt token is always recomputed, to get its logits.
+        Preference: the free slot that served `session_key`; then the donor slot itself when taking it
+        loses at most KEEP_TOLERANCE of its cached tokens (a conversation's next turn) or when it holds
+        the whole prompt (the same request again); then an empty slot; then the least recently used free slot. A donor that would lose more stays intact and its
+        prefix is copied, so two conversations that share a system prompt do not evict each other.
+        A copy (a whole KV stream) is planned only when it saves MIN_COPY_TOKENS over what the chosen
+        slot already holds. At least the last prompt token is always recomputed, to get its logits.
         """
         free = [s for s in self._slots if not s.busy]
         if not free:
             return None
+        limit = max(len(prompt) - 1, 0)
         donor_id, n_common = self.best_donor(prompt)
-        reusable = min(n_common, max(len(prompt) - 1, 0))
+        reusable = min(n_common, limit)
         chosen = None
         if session_key is not None:
             chosen = next((s for s in free if s.session_key == session_key), None)
-        if chosen is None and donor_id is not None and not self._slots[donor_id].busy and reusable > 0:
-            chosen = self._slots[donor_id]
+        if chosen is None and donor_id is not None and reusable > 0:
+            donor = self._slots[donor_id]
+            continues = len(donor.tokens) - reusable <= KEEP_TOLERANCE  # its next turn
+            repeats = reusable == limit  # the whole prompt is cached there: a retry or a regeneration
+            if not donor.busy and (continues or repeats):
+                chosen = donor
         if chosen is None:
             chosen = min(free, key=lambda s: (len(s.tokens) > 0, s.last_used))
-        if reusable == 0:
-            donor_id = None
-        return PrefixPlan(seq_id=chosen.seq_id, donor_seq_id=donor_id, reused_tokens=reusable)
+        own = min(common_prefix_length(chosen.tokens, prompt), limit)
+        if donor_id is not None and donor_id != chosen.seq_id and reusable >= own + MIN_COPY_TOKENS:
+            return PrefixPlan(seq_id=chosen.seq_id, donor_seq_id=donor_id, reused_tokens=reusable)
+        if own > 0:
+            return PrefixPlan(seq_id=chosen.seq_id, donor_seq_id=chosen.seq_id, reused_tokens=own)
+        return PrefixPlan(seq_id=chosen.seq_id, donor_seq_id=None, reused_tokens=0)
 
     def claim(self, plan: PrefixPlan, prompt: Sequence[int], session_key: str | None) -> SlotState:
         """Mark the planned slot busy; its cells now hold the reused prefix of `prompt`."""

@@ -20,8 +20,9 @@ _CANDIDATE_DTYPE = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 class SequenceSampler:
     """One sequence's sampler chain and the candidate buffer it samples from (not thread-safe)."""
 
-    def __init__(self, chain: llama.llama_sampler_p, n_vocab: int):
+    def __init__(self, chain: llama.llama_sampler_p, n_vocab: int, constrained: bool = False):
         self._chain = chain
+        self.constrained = constrained  # a grammar can leave no token at all: sample from numpy then
         self._n_vocab = n_vocab
         self._ids = np.arange(n_vocab, dtype=np.int32)
         self._candidates = np.zeros(n_vocab, dtype=_CANDIDATE_DTYPE)
@@ -48,7 +49,7 @@ class SequenceSampler:
         except BaseException:
             llama.llama_sampler_free(chain)
             raise
-        return cls(chain, n_vocab)
+        return cls(chain, n_vocab, constrained=bool(params.grammar))
 
     def sample(self, logits: np.ndarray) -> SampledToken:
         """Apply the chain to one position's raw logits, accept the chosen token and return it."""
@@ -71,6 +72,13 @@ class SequenceSampler:
         token = int(chosen.id)
         llama.llama_sampler_accept(self._chain, token)
         return SampledToken(token)
+
+    def sample_row(self, ctx: llama.llama_context_p, row: int) -> SampledToken:
+        """Sample and accept straight from the context's logits row, all in C (unconstrained chains only).
+
+        llama.cpp asserts that something was selected, which an unconstrained chain always does.
+        """
+        return SampledToken(int(llama.llama_sampler_sample(self._chain, ctx, row)))
 
     def free(self) -> None:
         """Release the native chain (idempotent)."""

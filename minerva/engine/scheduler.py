@@ -5,10 +5,10 @@ ids), then builds one llama_batch: one token for every generating sequence first
 (the whole n_batch when nobody is generating, else at most `prefill_chunk`) in admission order, and
 decodes it in a single llama_decode (ctypes releases the GIL). Sequences sample from their own row.
 
-The KV memory is unified (one cell pool for all slots), so copying a prefix from a donor slot with
-llama_memory_seq_cp only tags cells with another sequence id. A request whose prompt shares a long
-prefix with a prompt still being prefilled waits until those cells exist instead of computing them
-twice.
+Each slot is a sequence id with its own KV stream. A prompt that shares a prefix with another slot's
+cells gets that stream copied (llama_memory_seq_cp across streams copies the buffer at the next
+decode) and trimmed to the shared prefix. A request whose prompt shares a long prefix with a prompt
+still being prefilled waits until those cells exist instead of computing them twice.
 """
 
 from __future__ import annotations
@@ -25,12 +25,10 @@ import numpy as np
 from minerva.engine.base import GenerationEnd, GenerationRequest, PromptProcessed, TokenEvent, TokenLogprob
 from minerva.engine.prefix_cache import PrefixCache, PrefixPlan, SlotState, common_prefix_length
 from minerva.engine.sampling import SequenceSampler, token_logprobs
+from minerva.engine.sequence_events import EventOutbox, EventSink
 from minerva.errors import MinervaError, ModelUnavailableError, QueueFullError
 
 logger = logging.getLogger(__name__)
-
-EventSink = Callable[[object], None]  # receives TokenEvent, GenerationEnd or an exception
-
 
 class DecodeError(MinervaError):
     """llama.cpp could not decode a batch (500); only the sequences in that batch end."""
@@ -58,7 +56,7 @@ class Sequence:
     prompt: list[int]
     max_tokens: int
     sampler: SequenceSampler
-    emit: EventSink
+    sink: EventSink  # receives PromptProcessed, TokenEvents, then GenerationEnd or an exception
     cancelled: bool = False
     slot: SlotState | None = None
     plan: PrefixPlan | None = None  # set at admission, applied to the KV memory by the worker
@@ -155,6 +153,7 @@ class BatchScheduler:
         self._cond = threading.Condition()
         self._closed = False
         self._counters = _Counters()
+        self._outbox = EventOutbox()
         self._thread = threading.Thread(target=self._run, name=f"minerva-{name}-scheduler", daemon=True)
         self._thread.start()
 
@@ -228,6 +227,7 @@ class BatchScheduler:
                 self._drop_cancelled()
                 if self._active:
                     self._step()
+                self._deliver()
         except BaseException:  # pragma: no cover - a bug in the loop must not hang every client
             logger.exception("scheduler worker crashed")
         finally:
@@ -278,7 +278,9 @@ class BatchScheduler:
         else:
             llama.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
             if plan.donor_seq_id is not None and reused > 0:
-                llama.llama_memory_seq_cp(self._mem, plan.donor_seq_id, slot.seq_id, 0, reused)
+                # across streams only whole streams copy: take all of the donor's cells, keep the prefix
+                llama.llama_memory_seq_cp(self._mem, plan.donor_seq_id, slot.seq_id, -1, -1)
+                llama.llama_memory_seq_rm(self._mem, slot.seq_id, reused, -1)
         if reused > 0 and (
             llama.llama_memory_seq_pos_min(self._mem, slot.seq_id) != 0
             or llama.llama_memory_seq_pos_max(self._mem, slot.seq_id) != reused - 1
@@ -349,9 +351,15 @@ class BatchScheduler:
 
     def _advance(self, seq: Sequence, row: int) -> None:
         """Sample the next token of `seq` from batch row `row` and emit it, or end the sequence."""
-        ptr = llama.llama_get_logits_ith(self._ctx, row)
-        logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
-        sampled = seq.sampler.sample(logits)
+        params = seq.request.sampling
+        logits = None
+        if seq.sampler.constrained or params.logprobs:
+            ptr = llama.llama_get_logits_ith(self._ctx, row)
+            logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+        if seq.sampler.constrained:
+            sampled = seq.sampler.sample(logits)
+        else:
+            sampled = seq.sampler.sample_row(self._ctx, row)
         prompt_n = len(seq.prompt)
         if seq.completion_tokens == 0 and not seq.prompt_reported:
             seq.prompt_reported = True
@@ -363,7 +371,6 @@ class BatchScheduler:
             return
         token = sampled.token_id
         event = TokenEvent(token_id=token, piece=self._piece(token))
-        params = seq.request.sampling
         if params.logprobs:
             chosen, top = token_logprobs(logits, token, max(0, min(params.top_logprobs, 20)))
             alternatives = tuple(TokenLogprob(i, self._piece(i), lp) for i, lp in top)
@@ -377,10 +384,14 @@ class BatchScheduler:
             seq.next_token = token
 
     def _emit(self, seq: Sequence, event: object) -> None:
-        try:
-            seq.emit(event)
-        except RuntimeError:  # the consumer's event loop is gone
-            seq.cancelled = True
+        self._outbox.put(seq.sink, event)
+
+    def _deliver(self) -> None:
+        """Send this step's events; a sequence whose consumer's event loop is gone is cancelled."""
+        self._outbox.flush()
+        for seq in self._active:
+            if seq.sink.lost:
+                seq.cancelled = True
 
     def _finish(self, seq: Sequence, last: object | None) -> None:
         """End a sequence: emit its last event (None for a cancelled one) and free its slot."""
@@ -427,3 +438,4 @@ class BatchScheduler:
                 seq.finished = True
                 if not seq.cancelled:
                     self._emit(seq, ModelUnavailableError("The model was unloaded while the request ran."))
+        self._outbox.flush()

@@ -21,7 +21,7 @@ import torch
 import transformers
 
 from minerva.engine.base import GenerationEvent, GenerationRequest
-from minerva.engine.sequence_events import check_embedding_inputs, idle_stats, relay_events
+from minerva.engine.sequence_events import EventSink, check_embedding_inputs, idle_stats
 from minerva.engine.transformers_embed import POOLING_MODES, EmbeddingRecipe, SentenceEmbedder
 from minerva.engine.transformers_sampling import TorchSampler
 from minerva.engine.transformers_vocab import token_pieces
@@ -203,20 +203,18 @@ class TransformersEngine:
             raise InvalidRequestError("The prompt contains token ids outside the vocabulary.", param="prompt")
         grammar = await asyncio.to_thread(self._grammar, request.sampling.grammar) if request.sampling.grammar else None
         sampler = TorchSampler(request.sampling, self._n_vocab, prompt, grammar)
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[object] = asyncio.Queue()
+        sink = EventSink()
         job: DecodeJob
 
         def emit(event: object) -> None:
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, event)
-            except RuntimeError:  # the event loop is gone: nobody is listening any more
+            sink.send(event)
+            if sink.lost:
                 job.cancelled = True
 
         job = DecodeJob(request, prompt, min(request.max_tokens, self.n_ctx - len(prompt)), sampler, emit)
         worker.submit(job)
         try:
-            async for event in relay_events(events):
+            async for event in sink.events():
                 yield event
         finally:
             worker.cancel(job)
