@@ -116,3 +116,13 @@ def test_the_same_prompt_again_takes_over_the_slot_that_holds_it():
     cache.release(seq)
     plan = cache.plan(prompt, None)
     assert plan.seq_id == seq and plan.donor_seq_id == seq and plan.reused_tokens == 49
+
+
+def test_a_new_sequence_keeps_the_busy_slots_consecutive():
+    cache = PrefixCache(4)
+    _hold(cache, [1] * 5)  # slot 0, busy
+    plan = cache.plan([2] * 5, None)
+    assert plan.seq_id == 1  # next to slot 0: the two decode in one ubatch
+    cache = PrefixCache(4)
+    cache.slots[2].busy = True
+    assert cache.plan([3] * 5, None).seq_id in (1, 3)

@@ -24,6 +24,11 @@ KEEP_TOLERANCE = 16  # cached tokens a slot may lose when its own conversation c
 MIN_COPY_TOKENS = 32  # a prefix shorter than this is recomputed rather than copied from another slot
 
 
+def _runs(seq_ids: set[int]) -> int:
+    """How many runs of consecutive ids a set holds ({0, 1, 3} has two)."""
+    return sum(1 for i in seq_ids if i - 1 not in seq_ids)
+
+
 @dataclass
 class SlotState:
     """One llama sequence id: the tokens whose KV cells it holds, who uses it and when it last did."""
@@ -78,10 +83,13 @@ class PrefixCache:
 
         Preference: the free slot that served `session_key`; then the donor slot itself when taking it
         loses at most KEEP_TOLERANCE of its cached tokens (a conversation's next turn) or when it holds
-        the whole prompt (the same request again); then an empty slot; then the least recently used free slot. A donor that would lose more stays intact and its
-        prefix is copied, so two conversations that share a system prompt do not evict each other.
-        A copy (a whole KV stream) is planned only when it saves MIN_COPY_TOKENS over what the chosen
-        slot already holds. At least the last prompt token is always recomputed, to get its logits.
+        the whole prompt (the same request again); then an empty slot; then the least recently used
+        free slot. Among empty or among cached slots, one that keeps the busy slot ids consecutive
+        wins (llama.cpp decodes each run of consecutive sequence ids as a separate ubatch).
+        A donor that would lose more stays intact and its prefix is copied, so two conversations that
+        share a system prompt do not evict each other. A copy (a whole KV stream) is planned only when
+        it saves MIN_COPY_TOKENS over what the chosen slot already holds. At least the last prompt
+        token is always recomputed, to get its logits.
         """
         free = [s for s in self._slots if not s.busy]
         if not free:
@@ -99,7 +107,8 @@ class PrefixCache:
             if not donor.busy and (continues or repeats):
                 chosen = donor
         if chosen is None:
-            chosen = min(free, key=lambda s: (len(s.tokens) > 0, s.last_used))
+            busy = {s.seq_id for s in self._slots if s.busy}
+            chosen = min(free, key=lambda s: (len(s.tokens) > 0, _runs(busy | {s.seq_id}), s.last_used))
         own = min(common_prefix_length(chosen.tokens, prompt), limit)
         if donor_id is not None and donor_id != chosen.seq_id and reusable >= own + MIN_COPY_TOKENS:
             return PrefixPlan(seq_id=chosen.seq_id, donor_seq_id=donor_id, reused_tokens=reusable)

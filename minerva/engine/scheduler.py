@@ -306,7 +306,9 @@ class BatchScheduler:
         batch = self._batch
         batch.clear()
         entries: list[_BatchEntry] = []
-        for seq in self._active:
+        # llama.cpp splits a multi-stream batch into one ubatch per run of consecutive sequence ids
+        # in batch order, so generating tokens go in slot order
+        for seq in sorted(self._active, key=lambda s: s.slot.seq_id):
             if seq.next_token is not None:
                 slot = seq.slot
                 row = batch.add(slot.seq_id, [seq.next_token], len(slot.tokens), True)
