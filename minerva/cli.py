@@ -98,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings_from(
         args, host=args.host, port=args.port, n_ctx=args.ctx_size, n_slots=args.slots,
-        n_threads=args.threads, api_keys=args.api_keys or None,
+        n_threads=args.threads, api_keys=args.api_keys or None, prompt_cache_mb=args.prompt_cache_mb,
     )
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_keys:
         logger.warning("binding %s without an API key: anyone who can reach this address can use the models "
@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ctx-size", type=int, default=None, help="context tokens per sequence")
     serve.add_argument("--slots", type=int, default=None, help="concurrent sequences per model (default 4)")
     serve.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    serve.add_argument("--prompt-cache-mb", type=int, default=None,
+                       help="host memory per GGUF model for evicted slots' KV cells (default 2048, 0: off)")
     serve.add_argument("--api-key", action="append", dest="api_keys", default=[], help="require this key")
     serve.set_defaults(func=cmd_serve)
 

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     n_batch: int = 512
     use_mmap: bool = False  # True: map GGUF weights (faster loads) but truncating a loaded file crashes
     queue_limit: int = 64  # requests waiting per model before 429
+    prompt_cache_mb: int = 2048  # host memory per GGUF model for evicted slots' KV cells (0: off)
     idle_ttl_s: float = 1800.0  # unload a model idle this long (0: never)
     memory_budget_mb: int | None = None  # None: 80% of physical memory
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from minerva.engine.prefix_cache import MIN_COPY_TOKENS, PrefixCache, common_prefix_length
+from minerva.engine.prefix_cache import (
+    MIN_COPY_TOKENS,
+    PrefixCache,
+    SavedPrompts,
+    common_prefix_length,
+    worth_restoring,
+)
 
 
 def test_common_prefix_length_across_block_boundaries():
@@ -126,3 +132,29 @@ def test_a_new_sequence_keeps_the_busy_slots_consecutive():
     cache = PrefixCache(4)
     cache.slots[2].busy = True
     assert cache.plan([3] * 5, None).seq_id in (1, 3)
+
+
+def test_saved_prompts_find_the_longest_prefix_and_drop_the_oldest_beyond_the_budget():
+    saved = SavedPrompts(budget_bytes=25)
+    saved.put([1, 2, 3], b"a" * 10)
+    saved.put([1, 2, 9, 9], b"b" * 10)
+    entry, n = saved.best([1, 2, 9, 5])
+    assert entry.state == b"b" * 10 and n == 3
+    saved.touch(saved.best([1, 2, 3])[0])  # [1, 2, 3] is now the most recently used
+    saved.put([7, 7], b"c" * 10)  # 30 bytes > 25: the least recently used ([1, 2, 9, 9]) goes
+    assert saved.best([1, 2, 9])[1] == 2 and saved.best([1, 2, 3])[0].state == b"a" * 10
+    assert len(saved) == 2 and saved.bytes_held == 20
+
+
+def test_a_saved_prompt_replaces_the_entries_it_extends():
+    saved = SavedPrompts(budget_bytes=1000)
+    saved.put([1, 2], b"x")
+    saved.put([1, 2, 3, 4], b"y")
+    assert len(saved) == 1 and saved.best([1, 2, 3, 4, 5])[1] == 4
+    saved.put([5], b"z" * 2000)  # larger than the whole budget: not kept
+    assert len(saved) == 1
+
+
+def test_restoring_pays_for_a_few_tokens_and_more_for_long_states():
+    assert worth_restoring(100, 2) and not worth_restoring(100, 1)
+    assert not worth_restoring(10_000, 5) and worth_restoring(10_000, 12)

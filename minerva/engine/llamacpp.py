@@ -69,11 +69,13 @@ class LlamaCppEngine:
         rope_scaling: RopeScaling | None = None,
         use_mmap: bool = False,
         flash_attn: bool | None = None,
+        prompt_cache_mb: int = 0,
     ) -> LlamaCppEngine:
         """Load a GGUF model; n_ctx (default: its trained context) is what one sequence may hold.
 
         The KV memory holds n_slots * n_ctx cells so every slot can hold a full sequence; n_ctx beyond
         the trained length turns on RoPE scaling (YaRN unless `rope_scaling` says otherwise).
+        prompt_cache_mb: host memory for the KV cells of evicted slots, restored when a prompt continues them.
         flash_attn: None (default) lets llama.cpp decide. False decoded long shared-prefix contexts
         several times faster on CPU here, but batched greedy output then drifted from solo output
         sooner and one shared-prefix test stalled; not the default until that is understood.
@@ -105,6 +107,7 @@ class LlamaCppEngine:
             n_batch=n_batch,
             prefill_chunk=max(1, min(prefill_chunk, n_batch)),
             queue_limit=queue_limit,
+            saved_prompts_bytes=max(0, prompt_cache_mb) * 2**20,
         )
         engine._scheduler = BatchScheduler(
             gen_ctx, engine._vocab, engine._n_vocab, config, engine.token_piece, name=info.name

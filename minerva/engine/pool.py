@@ -35,7 +35,8 @@ def load_engine(model: RegisteredModel, settings: Settings) -> Engine:
     except ImportError as exc:
         raise ModelLoadError(f"no engine available for {model.info.format} models: {exc}") from exc
     # Options only one engine understands.
-    extra = {"use_mmap": settings.use_mmap} if model.info.format == "gguf" else {}
+    extra = {"use_mmap": settings.use_mmap, "prompt_cache_mb": settings.prompt_cache_mb} \
+        if model.info.format == "gguf" else {}
     return engine_cls.load(
         model.info,
         **extra,

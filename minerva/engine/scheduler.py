@@ -14,6 +14,7 @@ still being prefilled waits until those cells exist instead of computing them tw
 from __future__ import annotations
 
 import collections
+import ctypes
 import logging
 import threading
 from collections.abc import Callable
@@ -23,7 +24,16 @@ import llama_cpp as llama
 import numpy as np
 
 from minerva.engine.base import GenerationEnd, GenerationRequest, PromptProcessed, TokenEvent, TokenLogprob
-from minerva.engine.prefix_cache import PrefixCache, PrefixPlan, SlotState, common_prefix_length
+from minerva.engine.prefix_cache import (
+    MIN_SAVE_TOKENS,
+    PrefixCache,
+    PrefixPlan,
+    SavedPrompt,
+    SavedPrompts,
+    SlotState,
+    common_prefix_length,
+    worth_restoring,
+)
 from minerva.engine.sampling import SequenceSampler, token_logprobs
 from minerva.engine.sequence_events import EventOutbox, EventSink
 from minerva.errors import MinervaError, ModelUnavailableError, QueueFullError
@@ -46,6 +56,7 @@ class SchedulerConfig:
     prefill_chunk: int  # prompt tokens per step while other sequences are generating
     queue_limit: int
     defer_min_tokens: int = 64  # wait for a running prefill when it would share at least this many more
+    saved_prompts_bytes: int = 0  # host memory for evicted slots' KV cells (0: none kept)
 
 
 @dataclass(eq=False)
@@ -60,6 +71,7 @@ class Sequence:
     cancelled: bool = False
     slot: SlotState | None = None
     plan: PrefixPlan | None = None  # set at admission, applied to the KV memory by the worker
+    displaced: list[int] | None = None  # tokens the claimed slot held before (saved before overwriting)
     next_token: int | None = None  # sampled but not yet decoded
     completion_tokens: int = 0
     cached_tokens: int = 0
@@ -147,6 +159,7 @@ class BatchScheduler:
         self._config = config
         self._piece = piece
         self._cache = PrefixCache(config.n_slots)
+        self._saved = SavedPrompts(config.saved_prompts_bytes)
         self._batch = TokenBatch(config.n_batch)
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._active: list[Sequence] = []
@@ -199,6 +212,8 @@ class BatchScheduler:
             "prompt_tokens_total": c.prompt_tokens,
             "completion_tokens_total": c.completion_tokens,
             "cached_tokens_total": c.cached_tokens,
+            "saved_prompts": len(self._saved),
+            "saved_prompt_bytes": self._saved.bytes_held,
             "decode_steps_total": c.decode_steps,
         }
 
@@ -247,6 +262,7 @@ class BatchScheduler:
             if self._should_defer(seq, plan.reused_tokens):
                 deferred.append(seq)
                 continue
+            seq.displaced = list(self._cache.slots[plan.seq_id].tokens)
             seq.slot = self._cache.claim(plan, seq.prompt, seq.request.session_key)
             seq.cached_tokens = plan.reused_tokens
             seq.plan = plan
@@ -271,7 +287,15 @@ class BatchScheduler:
         assert plan is not None and slot is not None
         seq.plan = None
         reused = plan.reused_tokens
-        if plan.donor_seq_id == slot.seq_id:
+        kept = reused if plan.donor_seq_id == slot.seq_id else 0
+        if seq.displaced and len(seq.displaced) - kept >= MIN_SAVE_TOKENS:
+            self._save_cells(slot.seq_id, seq.displaced)
+        seq.displaced = None
+        saved, n_saved = self._saved.best(seq.prompt)
+        n_saved = min(n_saved, len(seq.prompt) - 1)
+        if saved is not None and worth_restoring(len(saved.tokens), n_saved - reused):
+            reused = self._restore_cells(slot.seq_id, saved, n_saved)
+        elif plan.donor_seq_id == slot.seq_id:
             if not llama.llama_memory_seq_rm(self._mem, slot.seq_id, reused, -1):
                 reused = 0
                 llama.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
@@ -296,6 +320,29 @@ class BatchScheduler:
             logger.debug("seq %d reuses %d of %d prompt tokens", slot.seq_id, reused, len(seq.prompt))
         if seq.max_tokens <= 0:
             self._finish(seq, GenerationEnd("length", len(seq.prompt), 0, reused))
+
+    def _save_cells(self, seq_id: int, tokens: list[int]) -> None:
+        """Copy a slot's KV cells to host memory before they are overwritten."""
+        if self._saved.budget_bytes <= 0:
+            return
+        size = llama.llama_state_seq_get_size(self._ctx, seq_id)
+        if size <= 0 or size > self._saved.budget_bytes:
+            return
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama.llama_state_seq_get_data(self._ctx, buffer, size, seq_id)
+        if written == size:
+            self._saved.put(tokens, buffer)
+            logger.debug("saved %d tokens of slot %d (%d bytes)", len(tokens), seq_id, size)
+
+    def _restore_cells(self, seq_id: int, saved: SavedPrompt, n_tokens: int) -> int:
+        """Load saved cells into a slot and keep their first n_tokens; how many tokens it now holds."""
+        state = saved.state
+        if not llama.llama_state_seq_set_data(self._ctx, state, len(state), seq_id):
+            llama.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
+            return 0
+        self._saved.touch(saved)
+        llama.llama_memory_seq_rm(self._mem, seq_id, n_tokens, -1)
+        return n_tokens
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self._active if s.cancelled]:
