@@ -20,15 +20,18 @@ _CANDIDATE_DTYPE = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 class SequenceSampler:
     """One sequence's sampler chain and the candidate buffer it samples from (not thread-safe)."""
 
-    def __init__(self, chain: llama.llama_sampler_p, n_vocab: int, constrained: bool = False):
+    def __init__(self, chain: llama.llama_sampler_p, n_vocab: int, constrained: bool = False,
+                 greedy_bias: dict[int, float] | None = None):
         self._chain = chain
         self.constrained = constrained  # a grammar can leave no token at all: sample from numpy then
         self._n_vocab = n_vocab
-        self._ids = np.arange(n_vocab, dtype=np.int32)
-        self._candidates = np.zeros(n_vocab, dtype=_CANDIDATE_DTYPE)
-        self._data = self._candidates.ctypes.data_as(llama.llama_token_data_p)
-        self._array = llama.llama_token_data_array(data=self._data, size=n_vocab, selected=-1, sorted=False)
-        self._array_ref = ctypes.byref(self._array)
+        self._candidates: np.ndarray | None = None  # allocated on first use by `sample`
+        # plain greedy (at most a logit bias first): an argmax in numpy, 50x cheaper than the C chain,
+        # which copies the whole vocabulary into a candidate array for every token
+        self._greedy = None
+        if greedy_bias is not None:
+            ids = np.fromiter(greedy_bias.keys(), dtype=np.int64, count=len(greedy_bias))
+            self._greedy = (ids, np.fromiter(greedy_bias.values(), dtype=np.float32, count=len(greedy_bias)))
 
     @classmethod
     def build(
@@ -49,12 +52,18 @@ class SequenceSampler:
         except BaseException:
             llama.llama_sampler_free(chain)
             raise
-        return cls(chain, n_vocab, constrained=bool(params.grammar))
+        return cls(chain, n_vocab, constrained=bool(params.grammar), greedy_bias=_plain_greedy_bias(params))
 
     def sample(self, logits: np.ndarray) -> SampledToken:
         """Apply the chain to one position's raw logits, accept the chosen token and return it."""
+        if self._candidates is None:
+            self._ids = np.arange(self._n_vocab, dtype=np.int32)
+            self._candidates = np.zeros(self._n_vocab, dtype=_CANDIDATE_DTYPE)
+            self._data = self._candidates.ctypes.data_as(llama.llama_token_data_p)
+            self._array = llama.llama_token_data_array(data=self._data, size=self._n_vocab, selected=-1, sorted=False)
+            self._array_ref = ctypes.byref(self._array)
         cand = self._candidates
-        cand["id"] = self._ids
+        cand["id"] = self._ids  # the chain reorders candidates in place
         cand["logit"] = logits
         cand["p"] = 0.0
         arr = self._array
@@ -73,18 +82,48 @@ class SequenceSampler:
         llama.llama_sampler_accept(self._chain, token)
         return SampledToken(token)
 
-    def sample_row(self, ctx: llama.llama_context_p, row: int) -> SampledToken:
-        """Sample and accept straight from the context's logits row, all in C (unconstrained chains only).
+    def sample_row(self, ctx: llama.llama_context_p, row: int, n_vocab: int) -> SampledToken:
+        """Sample and accept straight from the context's logits row (unconstrained chains only).
 
         llama.cpp asserts that something was selected, which an unconstrained chain always does.
         """
-        return SampledToken(int(llama.llama_sampler_sample(self._chain, ctx, row)))
+        if self._greedy is None:
+            return SampledToken(int(llama.llama_sampler_sample(self._chain, ctx, row)))
+        logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(ctx, row), shape=(n_vocab,))
+        return SampledToken(greedy_choice(logits, *self._greedy))
 
     def free(self) -> None:
         """Release the native chain (idempotent)."""
         if self._chain is not None:
             llama.llama_sampler_free(self._chain)
             self._chain = None
+
+
+def greedy_choice(logits: np.ndarray, ids: np.ndarray, bias: np.ndarray) -> int:
+    """llama.cpp's logit-bias + greedy stages on one logits row (left as it was found)."""
+    if not ids.size:
+        return int(logits.argmax())  # the first maximum, as llama.cpp's greedy stage picks
+    raw = logits[ids]
+    logits[ids] = raw + bias  # float32 addition, as the logit-bias stage does
+    token = int(logits.argmax())
+    logits[ids] = raw
+    return token
+
+
+def _penalised(params: SamplingParams) -> bool:
+    return params.penalty_last_n != 0 and (
+        params.repeat_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
+    )
+
+
+def _plain_greedy_bias(params: SamplingParams) -> dict[int, float] | None:
+    """The per-token bias when the chain is just (logit bias +) greedy, else None."""
+    if params.temperature > 0.0 or params.grammar or _penalised(params):
+        return None
+    bias: dict[int, float] = {}
+    for token, value in params.logit_bias:
+        bias[token] = float(np.float32(bias.get(token, 0.0)) + np.float32(value))
+    return bias
 
 
 def _add_stages(
@@ -103,9 +142,7 @@ def _add_stages(
             biases[i].token = token
             biases[i].bias = bias
         add(chain, llama.llama_sampler_init_logit_bias(n_vocab, len(params.logit_bias), biases))
-    if params.penalty_last_n != 0 and (
-        params.repeat_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
-    ):
+    if _penalised(params):
         window = params.penalty_last_n if params.penalty_last_n > 0 else WHOLE_CONTEXT_WINDOW
         penalties = llama.llama_sampler_init_penalties(
             n_vocab, window, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
