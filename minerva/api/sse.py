@@ -23,30 +23,57 @@ def encode_event(payload: dict) -> bytes:
     return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
 
+_END = object()
+
+
 async def with_keepalive(items: AsyncIterator[dict], interval_s: float) -> AsyncIterator[dict | None]:
-    """Yield items as they come, and None whenever `interval_s` passes without one."""
-    iterator = aiter(items)
-    pending: asyncio.Task | None = None
+    """Yield items as they come, and None whenever `interval_s` passes without one.
+
+    One task pumps the items into a queue and a timer adds None when the stream has been idle; no
+    per-item task or timeout, which cost more than the rest of the chunk path together.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    last = loop.time()
+
+    async def pump() -> None:
+        try:
+            async with contextlib.aclosing(items) as source:  # type: ignore[type-var]
+                async for item in source:
+                    queue.put_nowait(item)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the consumer
+            queue.put_nowait(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        else:
+            queue.put_nowait(_END)
+
+    def tick() -> None:
+        nonlocal timer
+        idle = loop.time() - last
+        if idle >= interval_s:
+            queue.put_nowait(None)
+            idle = 0.0
+        timer = loop.call_later(interval_s - idle, tick)
+
+    task = loop.create_task(pump())
+    timer = loop.call_later(interval_s, tick)
     try:
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(iterator))
-            done, _ = await asyncio.wait({pending}, timeout=interval_s)
-            if not done:
-                yield None
-                continue
-            task, pending = pending, None
-            try:
-                yield task.result()
-            except StopAsyncIteration:
+            item = await queue.get()
+            if item is _END:
                 return
+            if isinstance(item, BaseException):
+                raise item
+            if item is not None:
+                last = loop.time()
+            yield item  # type: ignore[misc]
     finally:
-        if pending is not None:
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
+        timer.cancel()
+        if not task.done():
+            task.cancel()
         with contextlib.suppress(BaseException):
-            await iterator.aclose()  # type: ignore[attr-defined]
+            await task
 
 
 async def sse_body(chunks: AsyncIterator[dict], include_usage: bool, keepalive_s: float) -> AsyncIterator[bytes]:
