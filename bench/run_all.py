@@ -1,5 +1,9 @@
 """Run the generation benchmarks on minerva and the llama-server anchor side by side; print ratios.
 
+Both servers run at once. Throughput scenarios alternate between them round by round (medians of 6
+rounds each), so a machine whose speed drifts during the run affects both alike; the long shared-prefix
+and multi-turn scenarios run on one server after the other.
+
     python bench/run_all.py                      # both servers, started here on free ports
     python bench/run_all.py --ours URL --anchor URL --model ID   # already-running servers
 
@@ -15,6 +19,7 @@ import contextlib
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -74,16 +79,41 @@ def model_path() -> Path:
     return path
 
 
-def run_scenarios(base_url: str, model: str, quick: bool) -> dict:
-    """Every scenario against one server."""
+def throughput_rounds(servers: dict[str, str], model: str, streams: int, rounds: int) -> dict[str, dict]:
+    """Alternate the servers round by round (ABBA…) so drift in machine speed hits both alike."""
+    runs: dict[str, list[dict]] = {name: [] for name in servers}
+    order = list(servers.items())
+    for index in range(rounds):
+        for name, url in (order if index % 2 == 0 else order[::-1]):
+            runs[name].append(asyncio.run(run_concurrent(url, model, streams, 64, rounds=2)))
+    return {name: median_of(results) for name, results in runs.items()}
+
+
+def median_of(results: list[dict]) -> dict:
+    """Per-figure medians of several runs of one scenario, with every round's tokens/s kept."""
+    figures = ("tok_per_s", "decode_tok_per_s_per_stream", "ttft_p50_s", "ttft_p95_s")
+    out = {key: round(statistics.median(r[key] for r in results), 3) for key in figures}
+    out["rounds_tok_per_s"] = [r["tok_per_s"] for r in results]
+    out["errors"] = sum(r["errors"] for r in results)
+    out["first_error"] = next((r["first_error"] for r in results if r["first_error"]), None)
+    return out
+
+
+def run_scenarios(servers: dict[str, str], model: str, quick: bool) -> dict:
+    """Every scenario: throughput interleaved across servers, the long ones one server after the other."""
     prefix_lines = 40 if quick else 130  # ~3,000 prompt tokens for SmolLM2 (~23 tokens a line)
-    return {
-        "single_64": asyncio.run(run_concurrent(base_url, model, 1, 64, rounds=2 if quick else 3)),
-        "concurrent_4x64": asyncio.run(run_concurrent(base_url, model, 4, 64, rounds=1 if quick else 2)),
-        "shared_prefix_8x32_at_4": asyncio.run(
-            run_shared_prefix(base_url, model, 8, 4, prefix_lines, 32)),
-        "multi_turn": asyncio.run(run_multi_turn(base_url, model, prefix_lines, 32)),
-    }
+    rounds = 2 if quick else 6
+    results: dict[str, dict] = {name: {} for name in servers}
+    for key, streams in (("single_64", 1), ("concurrent_4x64", 4)):
+        for name, figures in throughput_rounds(servers, model, streams, rounds).items():
+            results[name][key] = figures
+        print(f"{key}: " + ", ".join(f"{n} {results[n][key]['tok_per_s']} tok/s" for n in servers), file=sys.stderr)
+    for name, url in servers.items():
+        results[name]["shared_prefix_8x32_at_4"] = asyncio.run(run_shared_prefix(url, model, 8, 4, prefix_lines, 32))
+        results[name]["multi_turn"] = asyncio.run(run_multi_turn(url, model, prefix_lines, 32))
+        print(f"{name}: shared prefix {results[name]['shared_prefix_8x32_at_4']['wall_s']} s, second-turn TTFT "
+              f"ratio {results[name]['multi_turn']['ttft_ratio']}", file=sys.stderr)
+    return results
 
 
 def ratios(ours: dict, anchor: dict) -> dict:
@@ -96,6 +126,7 @@ def ratios(ours: dict, anchor: dict) -> dict:
         "concurrent_tok_per_s": ratio(ours["concurrent_4x64"]["tok_per_s"], anchor["concurrent_4x64"]["tok_per_s"]),
         "shared_prefix_wall (ours/anchor, lower is better)": ratio(
             ours["shared_prefix_8x32_at_4"]["wall_s"], anchor["shared_prefix_8x32_at_4"]["wall_s"]),
+        "second_turn_ttft_of_first (ours)": ours["multi_turn"]["ttft_ratio"],
     }
 
 
@@ -114,7 +145,7 @@ def main() -> int:
     args = parser.parse_args()
     logs = args.out.parent
     logs.mkdir(parents=True, exist_ok=True)
-    results: dict = {}
+    servers: dict[str, str] = {}
 
     with contextlib.ExitStack() as stack:
         ours = args.ours
@@ -125,12 +156,8 @@ def main() -> int:
                 [sys.executable, "-m", "minerva.cli", "serve", "--port", str(port), "--threads", str(args.threads),
                  "--slots", str(args.slots), "--ctx-size", str(args.ctx), "--models-dir", str(logs / "no-models")],
                 ours, logs / "minerva.log"))
-        print(f"minerva at {ours}", file=sys.stderr)
-        results["minerva"] = run_scenarios(ours, args.model, args.quick)
-        print(json.dumps(results["minerva"], indent=2), file=sys.stderr)
-
-    if not args.skip_anchor:
-        with contextlib.ExitStack() as stack:
+        servers["minerva"] = ours
+        if not args.skip_anchor:
             anchor = args.anchor
             if anchor is None:
                 binary = subprocess.run(["bash", str(ROOT / "bench" / "build_llama_server.sh")], check=True,
@@ -142,10 +169,12 @@ def main() -> int:
                      "-c", str(args.ctx * args.slots), "--host", "127.0.0.1", "--port", str(port),
                      "-a", args.model, "--no-webui"],
                     anchor, logs / "llama-server.log"))
-            print(f"llama-server at {anchor}", file=sys.stderr)
-            results["llama-server"] = run_scenarios(anchor, args.model, args.quick)
-        results["ratios"] = ratios(results["minerva"], results["llama-server"])
+            servers["llama-server"] = anchor
+        print("servers: " + ", ".join(f"{n} at {u}" for n, u in servers.items()), file=sys.stderr)
+        results = run_scenarios(servers, args.model, args.quick)
 
+    if "llama-server" in results:
+        results["ratios"] = ratios(results["minerva"], results["llama-server"])
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     return 0
