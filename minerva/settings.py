@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     use_mmap: bool = False  # True: map GGUF weights (faster loads) but truncating a loaded file crashes
     queue_limit: int = 64  # requests waiting per model before 429
     prompt_cache_mb: int = 2048  # host memory per GGUF model for evicted slots' KV cells (0: off)
+    safetensors_dtype: str = "auto"  # auto: as stored, half precision upcast where float32 is measured faster
     idle_ttl_s: float = 1800.0  # unload a model idle this long (0: never)
     memory_budget_mb: int | None = None  # None: 80% of physical memory
 

@@ -35,8 +35,10 @@ def load_engine(model: RegisteredModel, settings: Settings) -> Engine:
     except ImportError as exc:
         raise ModelLoadError(f"no engine available for {model.info.format} models: {exc}") from exc
     # Options only one engine understands.
-    extra = {"use_mmap": settings.use_mmap, "prompt_cache_mb": settings.prompt_cache_mb} \
-        if model.info.format == "gguf" else {}
+    if model.info.format == "gguf":
+        extra: dict = {"use_mmap": settings.use_mmap, "prompt_cache_mb": settings.prompt_cache_mb}
+    else:
+        extra = {"dtype": settings.safetensors_dtype}
     return engine_cls.load(
         model.info,
         **extra,
@@ -70,7 +72,11 @@ def default_context_length(model: RegisteredModel, settings: Settings) -> int | 
 def estimate_memory_bytes(model: RegisteredModel, settings: Settings) -> int:
     """What a loaded model will hold: its weights plus a KV cache for every slot (f16)."""
     n_ctx = settings.n_ctx or default_context_length(model, settings) or 4096
-    return model.info.file_size_bytes + kv_bytes_per_token(model) * n_ctx * max(1, settings.n_slots)
+    weights = model.info.file_size_bytes
+    if model.info.format == "safetensors" and settings.safetensors_dtype == "auto" \
+            and (model.info.quantization or "").upper() in ("BF16", "F16"):
+        weights *= 2  # half-precision weights may be upcast to float32 where that computes faster
+    return weights + kv_bytes_per_token(model) * n_ctx * max(1, settings.n_slots)
 
 
 def physical_memory_bytes() -> int:

@@ -21,7 +21,9 @@ import torch
 import transformers
 
 from minerva.engine.base import GenerationEvent, GenerationRequest
+from minerva.engine.pool import physical_memory_bytes
 from minerva.engine.sequence_events import EventSink, check_embedding_inputs, idle_stats
+from minerva.engine.transformers_dtype import compute_dtype
 from minerva.engine.transformers_embed import POOLING_MODES, EmbeddingRecipe, SentenceEmbedder
 from minerva.engine.transformers_sampling import TorchSampler
 from minerva.engine.transformers_vocab import token_pieces
@@ -49,6 +51,12 @@ def _config_dtype(config: Any) -> torch.dtype:
         if isinstance(value, str) and value in _DTYPES:
             return _DTYPES[value]
     return torch.float32
+
+
+def _hidden_size(config: Any) -> int:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text, "hidden_size", None)
+    return value if isinstance(value, int) and value > 0 else 1024
 
 
 def _trained_context(config: Any) -> int | None:
@@ -112,7 +120,10 @@ class TransformersEngine:
         dtype: str | None = None,
         prefill_chunk: int = 256,
     ) -> TransformersEngine:
-        """Load a HF directory in its config's dtype (or `dtype`); n_ctx is what one sequence may hold.
+        """Load a HF directory; n_ctx is what one sequence may hold.
+
+        dtype None or "auto": the config's dtype, except half-precision weights compute in float32 when
+        a measured matmul says this CPU is faster so (and twice the weights fit in memory).
 
         `n_threads` sets torch's intra-op thread count, which is per process. Raises ModelLoadError
         when the directory cannot be loaded.
@@ -122,8 +133,8 @@ class TransformersEngine:
         if not info.path.is_dir():
             raise ModelLoadError(f"'{info.name}' is a bare .safetensors file; serve its Hugging Face directory "
                                  "(config.json and tokenizer files) instead.")
-        if dtype is not None and dtype not in _DTYPES:
-            raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
+        if dtype not in (None, "auto") and dtype not in _DTYPES:
+            raise ModelLoadError(f"unknown dtype {dtype!r}; use auto or one of {sorted(_DTYPES)}")
         if n_threads:
             torch.set_num_threads(n_threads)
         started = time.monotonic()
@@ -132,7 +143,11 @@ class TransformersEngine:
         try:
             config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
             tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
-            torch_dtype = _DTYPES[dtype] if dtype else _config_dtype(config)
+            if dtype in (None, "auto"):
+                torch_dtype = compute_dtype(_config_dtype(config), _hidden_size(config), info.file_size_bytes,
+                                            physical_memory_bytes())
+            else:
+                torch_dtype = _DTYPES[dtype]
             logger.info("model %s: tokenizer read; loading %.1f MB of weights as %s", info.name, info.file_size_mb,
                         str(torch_dtype).removeprefix("torch."))
             auto = transformers.AutoModel if embedding else transformers.AutoModelForCausalLM
