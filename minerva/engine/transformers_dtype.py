@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import torch
@@ -35,8 +36,18 @@ def compute_dtype(stored: torch.dtype, hidden: int, weights_bytes: int, memory_b
         return stored
     if weights_bytes * 2 > memory_bytes // 2:
         return stored
-    half = decode_matmul_seconds(stored, hidden)
-    full = decode_matmul_seconds(torch.float32, hidden)
+    timings: dict[torch.dtype, float] = {}
+
+    def probe() -> None:
+        for dtype in (stored, torch.float32):
+            timings[dtype] = decode_matmul_seconds(dtype, hidden)
+
+    # A thread that ran a parallel torch op keeps its OpenMP team, which then competed with the decode
+    # thread's (decode fell from 31 to 18 tok/s here); a thread that exits takes its team with it.
+    thread = threading.Thread(target=probe, name="minerva-dtype-probe")
+    thread.start()
+    thread.join()
+    half, full = timings[stored], timings[torch.float32]
     choice = torch.float32 if full < 0.9 * half else stored
     logger.info("%s weights compute in %s here (decode-shaped matmul: %s %.0f us, float32 %.0f us)",
                 str(stored).removeprefix("torch."), str(choice).removeprefix("torch."),
