@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence, Sized
+from collections.abc import Iterable, Sequence, Sized
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -18,6 +19,24 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+class _HoldsTokens(Protocol):
+    @property
+    def tokens(self) -> Sequence[int]: ...
+
+
+H = TypeVar("H", bound=_HoldsTokens)
+
+
+def longest_shared_prefix(holders: Iterable[H], prompt: Sequence[int]) -> tuple[H | None, int]:
+    """The holder whose tokens share the longest prefix with `prompt` (first on ties), and that length."""
+    best, best_len = None, 0
+    for holder in holders:
+        n = common_prefix_length(holder.tokens, prompt)
+        if n > best_len:
+            best, best_len = holder, n
+    return best, best_len
 
 
 KEEP_TOLERANCE = 16  # cached tokens a slot may lose when its own conversation continues in it
@@ -76,17 +95,13 @@ class PrefixCache:
         return sum(1 for s in self._slots if not s.busy)
 
     def cached_tokens(self) -> int:
-        """Tokens held by slots, counting shared cells once per slot (an upper bound on cells used)."""
+        """Tokens whose KV cells the slots hold."""
         return sum(len(s.tokens) for s in self._slots)
 
     def best_donor(self, prompt: Sequence[int]) -> tuple[int | None, int]:
         """The slot whose cells share the longest prefix with `prompt`, and that length."""
-        best_id, best_len = None, 0
-        for slot in self._slots:
-            n = common_prefix_length(slot.tokens, prompt)
-            if n > best_len:
-                best_id, best_len = slot.seq_id, n
-        return best_id, best_len
+        slot, n = longest_shared_prefix(self._slots, prompt)
+        return (slot.seq_id if slot is not None else None), n
 
     def plan(self, prompt: Sequence[int], session_key: str | None) -> PrefixPlan | None:
         """Pick a free slot for `prompt` and the longest reusable prefix; None when all slots are busy.
@@ -176,12 +191,7 @@ class SavedPrompts:
 
     def best(self, prompt: Sequence[int]) -> tuple[SavedPrompt | None, int]:
         """The saved prompt sharing the longest prefix with `prompt`, and that length."""
-        best, best_len = None, 0
-        for entry in self._entries:
-            n = common_prefix_length(entry.tokens, prompt)
-            if n > best_len:
-                best, best_len = entry, n
-        return best, best_len
+        return longest_shared_prefix(self._entries, prompt)
 
     def touch(self, entry: SavedPrompt) -> None:
         """Mark an entry as just used."""
