@@ -82,14 +82,14 @@ class SequenceSampler:
         llama.llama_sampler_accept(self._chain, token)
         return SampledToken(token)
 
-    def sample_row(self, ctx: llama.llama_context_p, row: int, n_vocab: int) -> SampledToken:
+    def sample_row(self, ctx: llama.llama_context_p, row: int) -> SampledToken:
         """Sample and accept straight from the context's logits row (unconstrained chains only).
 
         llama.cpp asserts that something was selected, which an unconstrained chain always does.
         """
         if self._greedy is None:
             return SampledToken(int(llama.llama_sampler_sample(self._chain, ctx, row)))
-        logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(ctx, row), shape=(n_vocab,))
+        logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(ctx, row), shape=(self._n_vocab,))
         return SampledToken(greedy_choice(logits, *self._greedy))
 
     def free(self) -> None:

@@ -421,7 +421,7 @@ class BatchScheduler:
         if seq.sampler.constrained:
             sampled = seq.sampler.sample(logits)
         else:
-            sampled = seq.sampler.sample_row(self._ctx, row, self._n_vocab)
+            sampled = seq.sampler.sample_row(self._ctx, row)
         prompt_n = len(seq.prompt)
         if seq.completion_tokens == 0 and not seq.prompt_reported:
             seq.prompt_reported = True
