@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from minerva.errors import MinervaError
+from minerva.core.errors import MinervaError
 from minerva.settings import Settings, build_settings, parse_model_registration
 
 logger = logging.getLogger("minerva")
@@ -122,7 +122,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     registry = build_registry(_settings_from(args))
     models = registry.list()
     if args.json:
-        from minerva.services.models import model_list
+        from minerva.dialects.openai.models import model_list
 
         print(json.dumps(model_list(models, set()), indent=2))
         return 0
@@ -183,7 +183,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_opencode_config(args: argparse.Namespace) -> int:
     """Print an OpenCode provider block for the registered models."""
     from minerva.api.app import build_registry
-    from minerva.services.opencode import opencode_config
+    from minerva.dialects.openai.opencode import opencode_config
 
     settings = _settings_from(args)
     base_url = args.base_url or f"http://{settings.host}:{settings.port}/v1"

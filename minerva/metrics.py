@@ -11,6 +11,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from minerva.core.events import Usage, is_output
+
 logger = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -32,6 +34,29 @@ class PoolView(Protocol):
     def memory_bytes(self) -> Mapping[str, int]:
         """Estimated memory of each loaded model."""
         ...
+
+
+@dataclass
+class RequestRecord:
+    """What one request reports to its access log line and the metrics, filled in as it runs."""
+
+    started: float
+    request_id: str = ""
+    status: int | None = None
+    first_byte: float | None = None
+    model: str | None = None
+    usage: Usage | None = None
+    first_token: float | None = None  # when the first output event was produced
+    last_token: float | None = None
+    outcome: str | None = None  # e.g. "client_disconnected"; None: decided by how the app returned
+
+    def observe_event(self, event: object, now: float) -> None:
+        """Note the first output and the final usage of a generation stream."""
+        if self.first_token is None and is_output(event):
+            self.first_token = now
+        if isinstance(event, Usage):
+            self.usage = event
+            self.last_token = now
 
 
 @dataclass(frozen=True)
@@ -57,30 +82,24 @@ def endpoint_of(scope: Mapping[str, Any]) -> str:
     return path if isinstance(path, str) else UNMATCHED
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
-def observation_from(scope: Mapping[str, Any], record: Mapping[str, Any], ended: float) -> RequestObservation:
-    """Turn a request's access record (see RequestContextMiddleware) into an observation."""
-    started = record.get("started", ended)
-    usage = record.get("usage") or {}
-    completion = _int(usage.get("completion_tokens"))
-    first, last = record.get("first_token"), record.get("last_token")
-    ttft = first - started if isinstance(first, float) else None
+def observation_from(scope: Mapping[str, Any], record: RequestRecord, ended: float) -> RequestObservation:
+    """Turn a request's record (see RequestContextMiddleware) into an observation."""
+    usage = record.usage
+    completion = usage.completion_tokens if usage else 0
+    first, last = record.first_token, record.last_token
+    ttft = first - record.started if first is not None else None
     per_token = None
-    if isinstance(first, float) and isinstance(last, float) and completion > 1 and last >= first:
+    if first is not None and last is not None and completion > 1 and last >= first:
         per_token = (last - first) / (completion - 1)
-    status = record.get("status")
     return RequestObservation(
         endpoint=endpoint_of(scope),
         method=str(scope.get("method") or "-"),
-        status=str(status) if status is not None else "none",
-        duration_s=max(0.0, ended - started),
-        model=record.get("model"),
-        prompt_tokens=_int(usage.get("prompt_tokens")),
+        status=str(record.status) if record.status is not None else "none",
+        duration_s=max(0.0, ended - record.started),
+        model=record.model,
+        prompt_tokens=usage.prompt_tokens if usage else 0,
         completion_tokens=completion,
-        cached_tokens=_int((usage.get("prompt_tokens_details") or {}).get("cached_tokens")),
+        cached_tokens=usage.cached_tokens if usage else 0,
         ttft_s=ttft,
         per_token_s=per_token,
     )
@@ -114,11 +133,11 @@ class EngineCollector(Collector):
             except Exception:  # an engine closing under the scrape: report what we can
                 logger.debug("stats() of %s failed during a scrape", model_id, exc_info=True)
                 continue
-            queued.add_metric([model_id], stats.get("queued", 0))
-            active.add_metric([model_id], stats.get("active_slots", 0))
-            total.add_metric([model_id], stats.get("total_slots", 0))
-            held.add_metric([model_id], stats.get("kv_tokens_held", 0))
-            reused.add_metric([model_id], stats.get("cached_tokens_total", 0))
+            queued.add_metric([model_id], stats.queued)
+            active.add_metric([model_id], stats.active_slots)
+            total.add_metric([model_id], stats.total_slots)
+            held.add_metric([model_id], stats.kv_tokens_held)
+            reused.add_metric([model_id], stats.cached_tokens_total)
         yield from (loaded, memory, queued, active, total, held, reused)
 
 
@@ -160,8 +179,8 @@ class ServerMetrics:
         if item.per_token_s is not None:
             self.per_token.labels(item.model).observe(item.per_token_s)
 
-    def observe_request(self, scope: Mapping[str, Any], record: Mapping[str, Any], ended: float) -> None:
-        """Count one finished request from its ASGI scope and access record; never raises."""
+    def observe_request(self, scope: Mapping[str, Any], record: RequestRecord, ended: float) -> None:
+        """Count one finished request from its ASGI scope and record; never raises."""
         try:
             self.observe(observation_from(scope, record, ended))
         except Exception:  # metrics must never fail a request

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from minerva.errors import ModelFormatError, ModelNotFoundError
+from minerva.core.errors import ModelFormatError, ModelNotFoundError
 from minerva.formats.detect import discover_models, read_model_info
 from minerva.formats.model_info import ModelInfo
 
@@ -21,6 +21,9 @@ MODEL_SUFFIXES = (".gguf", ".safetensors")
 
 Fingerprint = tuple[int, int]  # (total size, newest mtime in ns)
 
+ENGINE_BY_FORMAT = {"gguf": "llamacpp", "safetensors": "transformers"}
+"""The engine that serves a local model file of each format."""
+
 
 @dataclass(frozen=True)
 class RegisteredModel:
@@ -30,6 +33,21 @@ class RegisteredModel:
     info: ModelInfo
     source: str  # "explicit", "default" or "dir"
     fingerprint: Fingerprint
+    engine: str = ""  # the engine package that serves it (minerva.engine.<name>); by format when empty
+
+    def __post_init__(self) -> None:
+        if not self.engine:
+            object.__setattr__(self, "engine", ENGINE_BY_FORMAT[self.info.format])
+
+
+def capabilities_of(model: RegisteredModel) -> list[str]:
+    """What the model can be asked to do through this server."""
+    if model.info.kind == "embedding":
+        return ["embeddings"]
+    caps = ["completions", "chat"]
+    if model.info.format == "gguf" or model.info.path not in model.info.files:  # GGUF, or a HF directory
+        caps += ["tools", "json_schema"]
+    return caps
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from minerva.errors import InvalidRequestError
+from minerva.core.errors import InvalidRequestError
 
 
 class Settings(BaseSettings):

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from minerva.engine.base import GenerationEnd, GenerationRequest, PromptProcessed, TokenEvent
+from minerva.engine.base import EngineStats, GenerationEnd, GenerationRequest, PromptProcessed, TokenEvent
 from minerva.formats.model_info import ModelInfo
 
 
@@ -65,8 +65,8 @@ class ScriptedEngine:
     async def embed(self, inputs):
         raise NotImplementedError
 
-    def stats(self) -> dict[str, int]:
-        return {"active_slots": 0, "total_slots": 1, "queued": 0}
+    def stats(self) -> EngineStats:
+        return EngineStats(active_slots=0, total_slots=1, queued=0, n_ctx=self.n_ctx)
 
     def close(self) -> None:
         pass

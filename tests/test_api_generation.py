@@ -207,10 +207,10 @@ def test_disconnect_mid_stream_leaves_server_serving(default_server, client):
     assert response.choices[0].message.content
     engine = next(iter(default_server.state.pool.loaded().values()))
     for _ in range(100):
-        if engine.stats()["active_slots"] == 0:
+        if engine.stats().active_slots == 0:
             break
         asyncio.run(asyncio.sleep(0.05))
-    assert engine.stats()["active_slots"] == 0
+    assert engine.stats().active_slots == 0
 
 
 def test_concurrent_requests_all_complete(default_server):

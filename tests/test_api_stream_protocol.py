@@ -6,7 +6,7 @@ import time
 import httpx
 import pytest
 
-from minerva.errors import InvalidRequestError
+from minerva.core.errors import InvalidRequestError
 from minerva.settings import Settings
 from tests.conftest import running_server
 from tests.scripted_engine import Script, scripted_loader

@@ -6,15 +6,16 @@ import copy
 
 import pytest
 
-from minerva.chat.messages import (
+from minerva.prompting.messages import (
     InvalidMessagesError,
     UnsupportedContentError,
     add_tools_to_system,
     content_text,
-    normalize_messages,
     parse_tool_arguments,
 )
-from minerva.errors import InvalidRequestError
+from minerva.dialects.openai.errors import openai_error
+from minerva.dialects.openai.messages import normalize_messages
+from minerva.core.errors import InvalidRequestError
 
 OPENCODE_LIKE_CHAT = [
     {"role": "system", "content": "You are opencode."},
@@ -101,7 +102,7 @@ def test_media_parts_are_a_typed_400(part, word):
     assert error.status_code == 400
     assert error.param == "messages"
     assert word in error.message and "not supported" in error.message
-    assert error.to_envelope()["error"]["param"] == "messages"
+    assert openai_error(error)["error"]["param"] == "messages"
 
 
 def test_unknown_part_type_is_a_400():

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from minerva.chat.messages import normalize_messages
-from minerva.chat.template import (
+from minerva.dialects.openai.errors import openai_error
+from minerva.dialects.openai.messages import normalize_messages
+from minerva.prompting.template import (
     CHATML_TEMPLATE,
     TemplateError,
     TemplateSecurityError,
@@ -19,7 +20,7 @@ from minerva.chat.template import (
     render_chat_prompt,
     template_supports_tools,
 )
-from minerva.errors import InvalidRequestError
+from minerva.core.errors import InvalidRequestError
 
 TEMPLATES_DIR = Path(__file__).parent / "data" / "templates"
 
@@ -353,7 +354,7 @@ def test_raise_exception_becomes_typed_400_with_template_message():
     assert error.status_code == 400
     assert error.message == "Conversation roles must alternate user/assistant"
     assert error.param == "messages"
-    assert error.to_envelope()["error"]["type"] == "invalid_request_error"
+    assert openai_error(error)["error"]["type"] == "invalid_request_error"
 
 
 def test_gemma2_rejects_system_role_with_its_own_message():

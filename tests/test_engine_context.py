@@ -4,7 +4,7 @@ import asyncio
 import logging
 
 from minerva.engine.base import GenerationEnd, GenerationRequest, SamplingParams, TokenEvent
-from minerva.engine.llamacpp import LlamaCppEngine
+from minerva.engine.llamacpp.engine import LlamaCppEngine
 from minerva.formats.detect import read_model_info
 
 

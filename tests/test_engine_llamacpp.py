@@ -13,7 +13,7 @@ import pytest
 
 from minerva.default_model import default_model_path
 from minerva.engine.base import Engine, GenerationEnd, GenerationRequest, SamplingParams, TokenEvent
-from minerva.errors import (
+from minerva.core.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
     ModelLoadError,
@@ -23,7 +23,7 @@ from minerva.errors import (
 from minerva.formats.model_info import ModelInfo
 
 llama_cpp = pytest.importorskip("llama_cpp")
-from minerva.engine.llamacpp import LlamaCppEngine  # noqa: E402
+from minerva.engine.llamacpp.engine import LlamaCppEngine  # noqa: E402
 
 pytestmark = pytest.mark.slow
 logger = logging.getLogger(__name__)
@@ -166,9 +166,9 @@ def test_cancelling_one_stream_frees_its_slot_and_others_finish(engine):
                 break
         await stream.aclose()
         victim_started.set()
-        await wait_for(lambda: engine.stats()["active_slots"] <= 1, timeout=30)
+        await wait_for(lambda: engine.stats().active_slots <= 1, timeout=30)
         done = await survivor
-        await wait_for(lambda: engine.stats()["active_slots"] == 0, timeout=30)
+        await wait_for(lambda: engine.stats().active_slots == 0, timeout=30)
         return done
 
     done = asyncio.run(scenario())
@@ -180,7 +180,7 @@ def test_shared_prefix_is_reused_across_slots(engine):
     prefix = f"<|im_start|>system\n{body}<|im_end|>\n<|im_start|>user\n"
     prefix_len = len(engine.tokenize(prefix))
     assert 500 < prefix_len < engine.n_ctx - 64
-    before = engine.stats()["cached_tokens_total"]
+    before = engine.stats().cached_tokens_total
 
     async def scenario():
         started = asyncio.Event()
@@ -194,7 +194,7 @@ def test_shared_prefix_is_reused_across_slots(engine):
     first, second = asyncio.run(scenario())
     assert first.end.cached_tokens < prefix_len
     assert second.end.cached_tokens >= prefix_len
-    assert engine.stats()["cached_tokens_total"] - before >= prefix_len
+    assert engine.stats().cached_tokens_total - before >= prefix_len
 
     again = asyncio.run(collect(engine, req(engine, prefix + "How many lanterns?<|im_end|>\n", 4, session_key="s1")))
     assert again.tokens == second.tokens
@@ -217,15 +217,15 @@ def test_max_tokens_is_clamped_to_the_context_left(engine):
 def test_queue_limit_raises_queue_full(engine):
     async def scenario():
         runners = [asyncio.create_task(collect(engine, req(engine, STORY, 2000))) for _ in range(N_SLOTS)]
-        await wait_for(lambda: engine.stats()["active_slots"] == N_SLOTS)
+        await wait_for(lambda: engine.stats().active_slots == N_SLOTS)
         waiting = [asyncio.create_task(collect(engine, req(engine, FRANCE, 2))) for _ in range(QUEUE_LIMIT)]
-        await wait_for(lambda: engine.stats()["queued"] == QUEUE_LIMIT)
+        await wait_for(lambda: engine.stats().queued == QUEUE_LIMIT)
         with pytest.raises(QueueFullError) as info:
             await collect(engine, req(engine, FRANCE, 2))
         for task in runners + waiting:
             task.cancel()
         await asyncio.gather(*runners, *waiting, return_exceptions=True)
-        await wait_for(lambda: engine.stats()["active_slots"] == 0 and engine.stats()["queued"] == 0)
+        await wait_for(lambda: engine.stats().active_slots == 0 and engine.stats().queued == 0)
         return info.value
 
     error = asyncio.run(scenario())
@@ -251,7 +251,7 @@ def test_grammar_constrains_greedy_output_to_json(engine):
 def test_invalid_grammar_is_an_invalid_request(engine):
     with pytest.raises(InvalidRequestError):
         asyncio.run(collect(engine, req(engine, FRANCE, 4, SamplingParams(grammar="root ::= ("))))
-    assert engine.stats()["active_slots"] == 0
+    assert engine.stats().active_slots == 0
 
 
 def test_logprobs_are_a_log_softmax_of_the_position(engine):
@@ -290,7 +290,7 @@ def test_close_ends_running_and_waiting_sequences_with_an_error():
     async def scenario():
         running = asyncio.create_task(collect(small, req(small, STORY, 200)))
         waiting = asyncio.create_task(collect(small, req(small, FRANCE, 4)))
-        await wait_for(lambda: small.stats()["active_slots"] == 1 and small.stats()["queued"] == 1)
+        await wait_for(lambda: small.stats().active_slots == 1 and small.stats().queued == 1)
         await asyncio.to_thread(small.close)
         return await asyncio.gather(running, waiting, return_exceptions=True)
 
@@ -323,7 +323,7 @@ def test_an_evicted_conversation_is_restored_from_host_memory():
     try:
         first = asyncio.run(collect(one_slot, req(one_slot, STORY, 24)))
         asyncio.run(collect(one_slot, req(one_slot, FRANCE, 4)))  # takes the only slot: STORY is saved
-        assert one_slot.stats()["saved_prompts"] == 1 and one_slot.stats()["saved_prompt_bytes"] > 0
+        assert one_slot.stats().saved_prompts == 1 and one_slot.stats().saved_prompt_bytes > 0
         again = asyncio.run(collect(one_slot, req(one_slot, STORY, 24)))
         prompt = len(one_slot.tokenize(STORY))
         assert again.end.cached_tokens == prompt - 1  # all but the last prompt token came back

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from minerva.engine.prefix_cache import (
+from minerva.engine.llamacpp.prefix_cache import (
     MIN_COPY_TOKENS,
     PrefixCache,
     SavedPrompts,

@@ -8,7 +8,7 @@ import pytest
 llama = pytest.importorskip("llama_cpp")
 
 from minerva.engine.base import SamplingParams  # noqa: E402
-from minerva.engine.sampling import SequenceSampler, _plain_greedy_bias, greedy_choice  # noqa: E402
+from minerva.engine.llamacpp.sampling import SequenceSampler, _plain_greedy_bias, greedy_choice  # noqa: E402
 
 N_VOCAB = 4096
 

@@ -107,9 +107,9 @@ def test_cancelled_stream_frees_its_slot(st_client, st_server):
     stream.close()
     engine = st_server.state.pool.loaded()[MODEL]
     deadline = time.monotonic() + 20
-    while engine.stats()["active_slots"] and time.monotonic() < deadline:
+    while engine.stats().active_slots and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert engine.stats()["active_slots"] == 0
+    assert engine.stats().active_slots == 0
 
 
 def test_chat_model_refuses_embeddings(st_client):

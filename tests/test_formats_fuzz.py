@@ -29,7 +29,7 @@ from model_fixtures import (
     write_safetensors,
 )
 
-from minerva.errors import ModelFormatError
+from minerva.core.errors import ModelFormatError
 from minerva.formats.detect import read_model_info
 from minerva.formats.gguf import parse_gguf_header, read_gguf_header
 from minerva.formats.safetensors import read_safetensors_header

@@ -19,7 +19,7 @@ from model_fixtures import (
     write_gguf,
 )
 
-from minerva.errors import ModelFormatError
+from minerva.core.errors import ModelFormatError
 from minerva.formats.detect import discover_models, is_model_root, read_model_info
 from minerva.formats.file_types import GGML_TYPES, LLAMA_FILE_TYPES
 from minerva.formats.gguf import GGUFArray, GGUFValueType, read_gguf_header, read_gguf_strings

@@ -18,7 +18,7 @@ from model_fixtures import (  # noqa: F401  (minilm_dir is a fixture)
 )
 from safetensors import safe_open
 
-from minerva.errors import ModelFormatError
+from minerva.core.errors import ModelFormatError
 from minerva.formats.detect import discover_models, is_model_root, read_model_info
 from minerva.formats.safetensors import read_hf_directory, read_safetensors_header
 

@@ -1,11 +1,14 @@
 """GET /metrics: request counters, token counters, latency histograms and engine gauges (scripted engine)."""
 
+import dataclasses
+
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from minerva.api.app import create_app
-from minerva.metrics import UNMATCHED, observation_from
+from minerva.core.events import Usage
+from minerva.metrics import UNMATCHED, RequestRecord, observation_from
 from minerva.settings import Settings
 from tests.conftest import running_server
 from tests.scripted_engine import Script, scripted_loader
@@ -99,12 +102,12 @@ def test_each_app_has_its_own_registry(tmp_path):
 
 
 def test_observation_from_access_record():
-    record = {"started": 10.0, "first_token": 10.5, "last_token": 11.5, "status": 200, "model": "m",
-              "usage": {"prompt_tokens": 7, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 3}}}
+    record = RequestRecord(started=10.0, first_token=10.5, last_token=11.5, status=200, model="m",
+                           usage=Usage(prompt_tokens=7, completion_tokens=5, cached_tokens=3))
     item = observation_from({"method": "POST"}, record, ended=12.0)
     assert item.endpoint == UNMATCHED and item.status == "200" and item.duration_s == 2.0
     assert item.ttft_s == 0.5 and item.per_token_s == 0.25 and item.cached_tokens == 3
-    single = observation_from({}, {**record, "usage": {"completion_tokens": 1}}, ended=12.0)
+    single = observation_from({}, dataclasses.replace(record, usage=Usage(0, 1)), ended=12.0)
     assert single.per_token_s is None  # one token has no inter-token gap
-    empty = observation_from({}, {"started": 1.0, "status": None}, ended=2.0)
+    empty = observation_from({}, RequestRecord(started=1.0, status=None), ended=2.0)
     assert empty.status == "none" and empty.ttft_s is None and empty.prompt_tokens == 0

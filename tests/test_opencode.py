@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from minerva.services.opencode import opencode_config
+from minerva.dialects.openai.opencode import opencode_config
 from minerva.settings import Settings
 from tests.conftest import running_server
 from tests.scripted_engine import Script, scripted_loader

@@ -10,12 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from minerva.core.events import ReasoningDelta, TextDelta, ToolCallArgs, ToolCallStart
 from minerva.parsers.base import (
-    ContentDelta,
     ParsedMessage,
-    ReasoningDelta,
-    ToolCallArguments,
-    ToolCallStart,
     collect_deltas,
     new_call_id,
     partial_marker_length,
@@ -75,11 +72,11 @@ def check_invariants(deltas: list) -> None:
             assert delta.name
             started[delta.index] = delta
             last_index = delta.index
-        elif isinstance(delta, ToolCallArguments):
+        elif isinstance(delta, ToolCallArgs):
             assert delta.index == last_index, "arguments follow their own start, never go back"
             arguments[delta.index] = arguments.get(delta.index, "") + delta.fragment
         else:
-            assert isinstance(delta, ContentDelta | ReasoningDelta)
+            assert isinstance(delta, TextDelta | ReasoningDelta)
             assert delta.text
     assert len({start.id for start in started.values()}) == len(started)
     for index in started:
@@ -124,21 +121,21 @@ def test_default_call_ids_are_openai_shaped_and_fresh():
 
 def test_half_a_marker_is_held_back_and_no_longer_than_needed():
     parser = get_parser("hermes")()
-    assert parser.feed("Hello <tool_") == [ContentDelta("Hello")]
+    assert parser.feed("Hello <tool_") == [TextDelta("Hello")]
     assert parser.feed("ca") == []
     deltas = parser.feed('ll>{"name": "x", "arguments": {"a": 1}}</tool_call>')
-    assert [type(d) for d in deltas] == [ToolCallStart, ToolCallArguments]
+    assert [type(d) for d in deltas] == [ToolCallStart, ToolCallArgs]
     parser = get_parser("hermes")()
-    assert parser.feed("a <b") == [ContentDelta("a <b")]
-    assert parser.feed("> <thin") == [ContentDelta(">")]
-    assert parser.feed("g>") == [ContentDelta(" <thing>")]
+    assert parser.feed("a <b") == [TextDelta("a <b")]
+    assert parser.feed("> <thin") == [TextDelta(">")]
+    assert parser.feed("g>") == [TextDelta(" <thing>")]
 
 
 def test_reasoning_streams_as_it_comes():
     parser = get_parser("think")()
     assert parser.feed("<think>Let me") == [ReasoningDelta("Let me")]
     assert parser.feed(" see</thi") == [ReasoningDelta(" see")]
-    assert parser.feed("nk>\n\nDone") == [ContentDelta("Done")]
+    assert parser.feed("nk>\n\nDone") == [TextDelta("Done")]
     assert parser.finish() == []
 
 
@@ -152,8 +149,8 @@ def test_think_can_be_turned_off_or_combined():
 
 def test_harmony_streams_final_text_before_the_end():
     parser = get_parser("harmony")()
-    assert parser.feed("<|channel|>final<|message|>Hel") == [ContentDelta("Hel")]
-    assert parser.feed("lo<|ret") == [ContentDelta("lo")]
+    assert parser.feed("<|channel|>final<|message|>Hel") == [TextDelta("Hel")]
+    assert parser.feed("lo<|ret") == [TextDelta("lo")]
     assert parser.feed("urn|>") == []
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from minerva.errors import ModelNotFoundError
+from minerva.core.errors import ModelNotFoundError
 from minerva.registry import ModelRegistry, derive_model_id
 
 

@@ -10,15 +10,15 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from minerva.chat.number_ranges import integer_range, natural_range
-from minerva.chat.structured import (
+from minerva.prompting.number_ranges import integer_range, natural_range
+from minerva.prompting.structured import (
     ForcedFunction,
     UnsupportedSchemaError,
     json_object_grammar,
     json_schema_to_gbnf,
     tool_call_grammar,
 )
-from minerva.errors import InvalidRequestError
+from minerva.core.errors import InvalidRequestError
 from minerva.parsers.registry import get_parser
 
 OPENCODE = Path(__file__).parent / "data" / "opencode"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from minerva.chat.tool_prompt import (
+from minerva.prompting.tool_prompt import (
     HERMES_CALL_FORMAT,
     first_sentence,
     render_tools_for_prompt,

@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minerva.services.text_stream import IncrementalDecoder, StopMatcher
+from minerva.generation.text_stream import IncrementalDecoder, StopMatcher
 
 
 def run_matcher(chunks: list[str], stops: tuple[str, ...]) -> tuple[str, bool]:

@@ -6,39 +6,22 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from minerva import __version__
-from minerva.api.errors import install_error_handlers
+from minerva.api.errors import ErrorEnvelopes, install_error_handlers
 from minerva.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
-from minerva.api.routes_embeddings import router as embeddings_router
-from minerva.api.routes_generation import router as generation_router
 from minerva.api.routes_metrics import router as metrics_router
-from minerva.api.routes_models import router as models_router
+from minerva.api.state import ServerState
 from minerva.default_model import default_model_path
+from minerva.dialects.openai.errors import openai_error
+from minerva.dialects.openai.routes import router as openai_router
 from minerva.engine.pool import EngineLoader, EnginePool, load_engine
-from minerva.metrics import ServerMetrics
 from minerva.registry import ModelRegistry
 from minerva.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ServerState:
-    """What the routes share: settings, the registry and the loaded engines."""
-
-    settings: Settings
-    registry: ModelRegistry
-    pool: EnginePool
-    response_cache: dict[str, tuple] = field(default_factory=dict)
-    metrics: ServerMetrics = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.metrics = ServerMetrics(self.pool)  # one registry per app, never the global one
 
 
 def build_registry(settings: Settings) -> ModelRegistry:
@@ -65,17 +48,16 @@ def create_app(settings: Settings | None = None, *, loader: EngineLoader = load_
 
     app = FastAPI(title="minerva", version=__version__, lifespan=lifespan)
     app.state.minerva = state
-    install_error_handlers(app)
+    envelopes = ErrorEnvelopes(default=openai_error)  # each dialect adds its path prefix and envelope
+    install_error_handlers(app, envelopes)
     # Added last runs first: request context wraps everything, then auth, then the body limit.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, envelopes=envelopes)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["x-request-id"])
-    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, envelopes=envelopes)
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
-    app.include_router(models_router)
-    app.include_router(generation_router)
-    app.include_router(embeddings_router)
+    app.include_router(openai_router)
     app.include_router(metrics_router)
 
     def openapi_without_422() -> dict:

@@ -1,25 +1,34 @@
-"""Every error leaves the server in the OpenAI envelope; translated here, once."""
+"""Every error leaves the server in the envelope of the API its path belongs to; translated here, once."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from minerva.errors import MinervaError
+from minerva.core.errors import HttpStatusError, InternalError, InvalidRequestError, MinervaError
 
 logger = logging.getLogger(__name__)
 
-_HTTP_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
-               405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error"}
+Envelope = Callable[[MinervaError], dict]
 
 
-def envelope(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict:
-    """The OpenAI error body."""
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+@dataclass(frozen=True)
+class ErrorEnvelopes:
+    """Which dialect's envelope a path's errors are written in: the longest matching prefix, else the default."""
+
+    default: Envelope
+    by_prefix: tuple[tuple[str, Envelope], ...] = ()
+
+    def for_path(self, path: str) -> Envelope:
+        """The envelope for errors of a request to this path."""
+        best = max((p for p in self.by_prefix if path.startswith(p[0])), key=lambda p: len(p[0]), default=None)
+        return best[1] if best else self.default
 
 
 def _param_of(location: tuple) -> str | None:
@@ -32,7 +41,7 @@ def _param_of(location: tuple) -> str | None:
     return text
 
 
-def validation_error_response(exc: RequestValidationError) -> JSONResponse:
+def validation_error(exc: RequestValidationError) -> InvalidRequestError:
     """FastAPI's 422 becomes a 400 naming the first offending parameter."""
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
@@ -44,32 +53,35 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
         message = "a JSON request body is required"
     elif param:
         message = f"invalid value for '{param}': {message}"
-    return JSONResponse(envelope(message, "invalid_request_error", param, "invalid_value"), status_code=400)
+    return InvalidRequestError(message, param=param, code="invalid_value")
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Register the handlers that turn every failure into the envelope."""
+def error_response(error: MinervaError, envelope: Envelope) -> JSONResponse:
+    """The JSON response of a typed error in one dialect's envelope."""
+    return JSONResponse(envelope(error), status_code=error.status_code, headers=error.headers() or None)
+
+
+def install_error_handlers(app: FastAPI, envelopes: ErrorEnvelopes) -> None:
+    """Register the handlers that turn every failure into the envelope of its path's API."""
+
+    def respond(request: Request, error: MinervaError) -> JSONResponse:
+        return error_response(error, envelopes.for_path(request.url.path))
 
     @app.exception_handler(MinervaError)
-    async def _minerva(_: Request, exc: MinervaError) -> JSONResponse:
+    async def _minerva(request: Request, exc: MinervaError) -> JSONResponse:
         if exc.status_code >= 500:
             logger.warning("%s: %s", type(exc).__name__, exc.message)
-        return JSONResponse(exc.to_envelope(), status_code=exc.status_code, headers=exc.headers())
+        return respond(request, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return validation_error_response(exc)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return respond(request, validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = "not_found" if exc.status_code == 404 else None
-        return JSONResponse(
-            envelope(str(exc.detail), _HTTP_TYPES.get(exc.status_code, "invalid_request_error"), None, code),
-            status_code=exc.status_code, headers=getattr(exc, "headers", None),
-        )
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return respond(request, HttpStatusError(str(exc.detail), exc.status_code, getattr(exc, "headers", None)))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error")
-        return JSONResponse(envelope("internal server error", "server_error", None, "internal_error"),
-                            status_code=500)
+        return respond(request, InternalError("internal server error"))

@@ -7,25 +7,23 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from collections.abc import Iterable
 
-from minerva.errors import AuthenticationError, MinervaError, PayloadTooLargeError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from minerva.api.errors import ErrorEnvelopes
+from minerva.core.errors import AuthenticationError, MinervaError, PayloadTooLargeError
+from minerva.metrics import RequestRecord, ServerMetrics
 
 logger = logging.getLogger("minerva.access")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/health", "/metrics"})
 
 
-async def send_error(send: Send, error: MinervaError, extra_headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
-    """Answer with an error envelope straight from middleware."""
-    body = json.dumps(error.to_envelope()).encode()
+async def send_error(send: Send, scope: Scope, envelopes: ErrorEnvelopes, error: MinervaError,
+                     extra_headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    """Answer with an error in the envelope of the path's API, straight from middleware."""
+    body = json.dumps(envelopes.for_path(scope.get("path", ""))(error)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                *[(k.lower().encode(), v.encode()) for k, v in error.headers().items()], *extra_headers]
     await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
@@ -42,9 +40,9 @@ def _header(scope: Scope, name: bytes) -> str | None:
 class RequestContextMiddleware:
     """Gives each request an id (echoed as x-request-id) and logs one line when it ends."""
 
-    def __init__(self, app: ASGIApp, metrics: Any = None):
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics | None = None):
         self.app = app
-        self.metrics = metrics  # a minerva.metrics.ServerMetrics, or None
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,15 +51,15 @@ class RequestContextMiddleware:
         request_id = (_header(scope, b"x-request-id") or "")[:64] or f"req_{secrets.token_hex(8)}"
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
-        record: dict[str, Any] = {"status": None, "first_byte": None, "started": started}
+        record = RequestRecord(started=started, request_id=request_id)
         scope["state"]["access"] = record
 
         async def tagged_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                record["status"] = message["status"]
+                record.status = message["status"]
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
-            elif message["type"] == "http.response.body" and record["first_byte"] is None:
-                record["first_byte"] = time.perf_counter()
+            elif message["type"] == "http.response.body" and record.first_byte is None:
+                record.first_byte = time.perf_counter()
             await send(message)
 
         outcome = "ok"
@@ -75,29 +73,37 @@ class RequestContextMiddleware:
             elapsed_ms = (ended - started) * 1000
             if self.metrics is not None:
                 self.metrics.observe_request(scope, record, ended)
-            usage = record.get("usage") or {}
+            usage = record.usage
             logger.info(
                 "%s %s %s status=%s model=%s prompt_tokens=%s completion_tokens=%s cached_tokens=%s "
                 "ttft_ms=%s total_ms=%.1f outcome=%s",
-                request_id, scope.get("method"), scope.get("path"), record["status"], record.get("model", "-"),
-                usage.get("prompt_tokens", "-"), usage.get("completion_tokens", "-"),
-                (usage.get("prompt_tokens_details") or {}).get("cached_tokens", "-"),
-                f"{(record['first_token'] - started) * 1000:.1f}" if "first_token" in record else "-",
-                elapsed_ms, record.get("outcome", outcome),
+                request_id, scope.get("method"), scope.get("path"), record.status, record.model or "-",
+                usage.prompt_tokens if usage else "-", usage.completion_tokens if usage else "-",
+                usage.cached_tokens if usage else "-",
+                f"{(record.first_token - started) * 1000:.1f}" if record.first_token is not None else "-",
+                elapsed_ms, record.outcome or outcome,
             )
 
 
-class ApiKeyMiddleware:
-    """With keys configured, every /v1 request needs `Authorization: Bearer <key>` (constant-time check)."""
+def presented_key(scope: Scope) -> bytes:
+    """The API key a request carries: `Authorization: Bearer <key>` (OpenAI, Ollama) or `x-api-key` (Anthropic)."""
+    header = _header(scope, b"authorization") or ""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip().encode()
+    return (_header(scope, b"x-api-key") or "").strip().encode()
 
-    def __init__(self, app: ASGIApp, keys: Iterable[str]):
+
+class ApiKeyMiddleware:
+    """With keys configured, every request but the open paths needs a key (constant-time check)."""
+
+    def __init__(self, app: ASGIApp, keys: Iterable[str], envelopes: ErrorEnvelopes):
         self.app = app
         self._keys = [k.encode() for k in keys if k]
+        self._envelopes = envelopes
 
     def _authorized(self, scope: Scope) -> bool:
-        header = _header(scope, b"authorization") or ""
-        scheme, _, token = header.partition(" ")
-        presented = token.strip().encode() if scheme.lower() == "bearer" else b""
+        presented = presented_key(scope)
         matched = False
         for key in self._keys:  # compare against every key so timing does not reveal which matched
             matched |= hmac.compare_digest(presented, key)
@@ -106,8 +112,8 @@ class ApiKeyMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self._keys and scope["path"] not in OPEN_PATHS \
                 and scope.get("method") != "OPTIONS" and not self._authorized(scope):
-            await send_error(send, AuthenticationError("Incorrect or missing API key. Send "
-                                                       "'Authorization: Bearer <key>'."),
+            await send_error(send, scope, self._envelopes,
+                             AuthenticationError("Incorrect or missing API key. Send 'Authorization: Bearer <key>'."),
                              [(b"www-authenticate", b"Bearer")])
             return
         await self.app(scope, receive, send)
@@ -120,9 +126,10 @@ class BodyLimitMiddleware:
     then replayed to the app; later receive() calls go to the client so disconnects are still seen.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, envelopes: ErrorEnvelopes):
         self.app = app
         self.max_bytes = max_bytes
+        self._envelopes = envelopes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
@@ -131,7 +138,7 @@ class BodyLimitMiddleware:
         too_large = PayloadTooLargeError(f"Request body exceeds the limit of {self.max_bytes} bytes.")
         declared = _header(scope, b"content-length")
         if declared and declared.isdigit() and int(declared) > self.max_bytes:
-            await send_error(send, too_large)
+            await send_error(send, scope, self._envelopes, too_large)
             return
         parts: list[bytes] = []
         size = 0
@@ -142,7 +149,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await send_error(send, too_large)
+                await send_error(send, scope, self._envelopes, too_large)
                 return
             parts.append(chunk)
             if not message.get("more_body", False):

@@ -1,4 +1,4 @@
-"""The engine contract: what services need from any inference backend."""
+"""The engine contract: what the generation layer needs from any inference backend."""
 
 from __future__ import annotations
 
@@ -6,7 +6,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
+from minerva.core.events import TokenEvent, TokenLogprob
 from minerva.formats.model_info import ModelInfo
+
+__all__ = [
+    "Engine", "EngineStats", "GenerationEnd", "GenerationEvent", "GenerationRequest", "PromptProcessed",
+    "SamplingParams", "TokenEvent", "TokenLogprob",
+]
 
 
 @dataclass(frozen=True)
@@ -35,26 +41,8 @@ class GenerationRequest:
     prompt_tokens: tuple[int, ...]
     max_tokens: int
     sampling: SamplingParams = SamplingParams()
-    session_key: str | None = None  # x-session-affinity / x-session-id, to prefer a warm slot
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    """A candidate token and its log-probability."""
-
-    token_id: int
-    piece: bytes
-    logprob: float
-
-
-@dataclass(frozen=True)
-class TokenEvent:
-    """One sampled token. `piece` is raw bytes: a UTF-8 character may span several tokens."""
-
-    token_id: int
-    piece: bytes
-    logprob: float | None = None
-    top_logprobs: tuple[TokenLogprob, ...] = ()
+    session_key: str | None = None  # the client's session id, to prefer a warm slot
+    adapter: str | None = None  # a LoRA adapter (by catalogue id) applied on the base model
 
 
 @dataclass(frozen=True)
@@ -76,6 +64,34 @@ class PromptProcessed:
 
 
 GenerationEvent = PromptProcessed | TokenEvent | GenerationEnd
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """Live counters of one loaded engine (values may be one decode step old)."""
+
+    active_slots: int
+    total_slots: int
+    queued: int
+    n_ctx: int
+    cached_tokens_total: int = 0  # prompt tokens served from the prefix cache since load
+    kv_tokens_held: int = 0  # tokens held in the KV cache now (reusable prefixes included)
+    requests_total: int = 0
+    prompt_tokens_total: int = 0
+    completion_tokens_total: int = 0
+    saved_prompts: int = 0  # prompts saved to host memory
+    saved_prompt_bytes: int = 0
+    decode_steps_total: int = 0
+
+    @property
+    def free_slots(self) -> int:
+        """Slots not generating now."""
+        return max(0, self.total_slots - self.active_slots)
+
+    @classmethod
+    def idle(cls, n_ctx: int) -> EngineStats:
+        """The stats of an engine with no generation worker (an embedding-only model)."""
+        return cls(active_slots=0, total_slots=0, queued=0, n_ctx=n_ctx)
 
 
 @runtime_checkable
@@ -103,7 +119,7 @@ class Engine(Protocol):
         """One pooled embedding per input token list."""
         ...
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> EngineStats:
         """Live counters: active/total slots, queued requests, cached tokens reused."""
         ...
 

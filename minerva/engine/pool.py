@@ -6,47 +6,35 @@ import asyncio
 import contextlib
 import importlib
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from minerva.engine.base import Engine
-from minerva.errors import MinervaError, ModelLoadError
+from minerva.engine.memory import physical_memory_bytes
+from minerva.core.errors import MinervaError, ModelLoadError
 from minerva.registry import RegisteredModel
 from minerva.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# One registry of engines, keyed by model format; modules import heavy backends only when loaded.
-ENGINES: dict[str, str] = {
-    "gguf": "minerva.engine.llamacpp:LlamaCppEngine",
-    "safetensors": "minerva.engine.transformers_engine:TransformersEngine",
-}
+# One registry of engines, keyed by package name under minerva.engine; each package's `engine`
+# module has ENGINE (the class) and imports its heavy backend only when a model is loaded.
+ENGINE_NAMES = ("llamacpp", "transformers")
 
 EngineLoader = Callable[[RegisteredModel, Settings], Engine]
 
 
 def load_engine(model: RegisteredModel, settings: Settings) -> Engine:
-    """Import the engine for the model's format and load the model with the server's settings."""
-    module_name, _, class_name = ENGINES[model.info.format].partition(":")
+    """Import the model's engine and load the model with the server's settings."""
+    if model.engine not in ENGINE_NAMES:
+        raise ModelLoadError(f"unknown engine {model.engine!r}; known: {', '.join(ENGINE_NAMES)}")
     try:
-        engine_cls = getattr(importlib.import_module(module_name), class_name)
+        engine_cls = importlib.import_module(f"{__package__}.{model.engine}.engine").ENGINE
     except ImportError as exc:
         raise ModelLoadError(f"no engine available for {model.info.format} models: {exc}") from exc
-    # Options only one engine understands.
-    if model.info.format == "gguf":
-        extra: dict = {"use_mmap": settings.use_mmap, "prompt_cache_mb": settings.prompt_cache_mb}
-    else:
-        extra = {"dtype": settings.safetensors_dtype}
-    return engine_cls.load(
-        model.info,
-        **extra,
-        n_ctx=settings.n_ctx or default_context_length(model, settings),
-        n_slots=settings.n_slots,
-        n_threads=settings.n_threads,
-        n_batch=settings.n_batch,
-        queue_limit=settings.queue_limit,
+    return engine_cls.from_settings(
+        model.info, settings, n_ctx=settings.n_ctx or default_context_length(model, settings)
     )
 
 
@@ -77,14 +65,6 @@ def estimate_memory_bytes(model: RegisteredModel, settings: Settings) -> int:
             and (model.info.quantization or "").upper() in ("BF16", "F16"):
         weights *= 2  # half-precision weights may be upcast to float32 where that computes faster
     return weights + kv_bytes_per_token(model) * n_ctx * max(1, settings.n_slots)
-
-
-def physical_memory_bytes() -> int:
-    """Installed RAM, from sysconf."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return 8 * 1024**3
 
 
 @dataclass

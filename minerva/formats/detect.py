@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from minerva.errors import ModelFormatError
+from minerva.core.errors import ModelFormatError
 from minerva.formats.file_types import dominant_type, llama_file_type_name
 from minerva.formats.gguf import GGUFArray, GGUFHeader, read_gguf_header, read_gguf_strings
 from minerva.formats.model_info import ModelInfo, ModelKind

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from minerva.errors import ModelFormatError
+from minerva.core.errors import ModelFormatError
 from minerva.formats.file_types import GGML_TYPES, ggml_type_name
 
 logger = logging.getLogger(__name__)

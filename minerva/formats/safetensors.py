@@ -16,7 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from minerva.errors import ModelFormatError
+from minerva.core.errors import ModelFormatError
 from minerva.formats.file_types import SAFETENSORS_DTYPE_BITS, dominant_type
 
 logger = logging.getLogger(__name__)

@@ -18,19 +18,15 @@ import logging
 import re
 from enum import Enum
 
+from minerva.core.events import ReasoningDelta, TextDelta
 from minerva.parsers.base import (
-    ContentDelta,
-    FoundCall,
     IdFactory,
     IncrementalParser,
-    ParsedDelta,
-    ReasoningDelta,
-    decode_arguments,
     find_first_marker,
-    merge_deltas,
     new_call_id,
     partial_marker_length,
 )
+from minerva.parsers.json_scan import FoundCall, decode_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -89,30 +85,15 @@ class HarmonyParser(IncrementalParser):
         **_: object,  # e.g. reasoning=: harmony marks reasoning by channel, not tags
     ):
         super().__init__(id_factory=id_factory)
-        self._buffer = ""
         self._state = _State.MESSAGE if starts_in_reasoning else _State.HEADER
         self._channel = "analysis" if starts_in_reasoning else "final"
         self._recipient: str | None = None
         self._header = ""
-        self._out: list[ParsedDelta] = []
 
-    def feed(self, text: str) -> list[ParsedDelta]:
-        """Take the next piece of generated text; return the deltas decided by it."""
-        self._buffer += text
-        self._run(final=False)
-        return self._take()
-
-    def finish(self) -> list[ParsedDelta]:
-        """End of generation: return everything still held back."""
-        self._run(final=True)
+    def _finish_held(self) -> None:
         if self._state is _State.MESSAGE:
             self._end_message(self._buffer)
         self._buffer = ""  # a dangling header (e.g. a last "<|start|>assistant") says nothing
-        return self._take()
-
-    def _take(self) -> list[ParsedDelta]:
-        out, self._out = merge_deltas(self._out), []
-        return out
 
     def _run(self, final: bool) -> None:
         progressing = True
@@ -155,7 +136,7 @@ class HarmonyParser(IncrementalParser):
     def _emit_text(self, text: str) -> None:
         if text:
             analysis = self._channel == "analysis"
-            self._out.append(ReasoningDelta(text) if analysis else ContentDelta(text))
+            self._out.append(ReasoningDelta(text) if analysis else TextDelta(text))
 
     def _end_message(self, text: str) -> None:
         if self._recipient is None:
@@ -164,7 +145,7 @@ class HarmonyParser(IncrementalParser):
         call = parse_harmony_call(self._recipient, text.strip())
         if call is None:
             logger.debug("harmony call to %s did not parse; returned as content", self._recipient)
-            self._out.append(ContentDelta(text))
+            self._out.append(TextDelta(text))
         else:
             self._out.extend(self._emit_calls([call]))
         self._recipient = None

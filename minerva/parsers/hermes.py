@@ -1,12 +1,13 @@
 """Hermes / Qwen tool calls: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``.
 
-Qwen2.5, Qwen3, Hermes 2/3 and our own tool prompt (minerva.chat.tool_prompt) write calls this
+Qwen2.5, Qwen3, Hermes 2/3 and our own tool prompt (minerva.prompting.tool_prompt) write calls this
 way; Qwen3 also thinks in ``<think>`` tags, so reasoning is on by default.
 """
 
 from __future__ import annotations
 
-from minerva.parsers.base import FoundCall, MarkupParser, ToolMarker, ToolSyntax, calls_from_json
+from minerva.parsers.json_scan import FoundCall, calls_from_json
+from minerva.parsers.markup import MarkupParser, ToolMarker, ToolSyntax
 from minerva.parsers.think import THINK
 
 TOOL_CALL = ToolMarker(open="<tool_call>", close="</tool_call>")

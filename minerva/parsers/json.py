@@ -6,7 +6,8 @@ An object is a call only if its keys are those of a call (name, arguments/parame
 
 from __future__ import annotations
 
-from minerva.parsers.base import FoundCall, MarkupParser, ToolMarker, ToolSyntax, calls_from_json
+from minerva.parsers.json_scan import FoundCall, calls_from_json
+from minerva.parsers.markup import MarkupParser, ToolMarker, ToolSyntax
 
 
 def parse_json_region(body: str, marker: ToolMarker | None) -> list[FoundCall] | None:

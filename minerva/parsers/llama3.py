@@ -6,7 +6,8 @@ alone (several separated by ``;``); the ``<|python_tag|>`` form is used with bui
 
 from __future__ import annotations
 
-from minerva.parsers.base import FoundCall, MarkupParser, ToolMarker, ToolSyntax, calls_from_json
+from minerva.parsers.json_scan import FoundCall, calls_from_json
+from minerva.parsers.markup import MarkupParser, ToolMarker, ToolSyntax
 
 PYTHON_TAG = ToolMarker(open="<|python_tag|>", close=None)
 

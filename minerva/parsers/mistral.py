@@ -8,15 +8,8 @@ from __future__ import annotations
 
 import json
 
-from minerva.parsers.base import (
-    FoundCall,
-    MarkupParser,
-    ReasoningMarkers,
-    ToolMarker,
-    ToolSyntax,
-    calls_from_json,
-    decode_arguments,
-)
+from minerva.parsers.json_scan import FoundCall, calls_from_json, decode_arguments
+from minerva.parsers.markup import MarkupParser, ReasoningMarkers, ToolMarker, ToolSyntax
 
 TOOL_CALLS = ToolMarker(open="[TOOL_CALLS]", close=None)
 MISTRAL_THINK = ReasoningMarkers(open="[THINK]", close="[/THINK]")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from minerva.parsers.base import MarkupParser, ReasoningMarkers
+from minerva.parsers.markup import MarkupParser, ReasoningMarkers
 
 THINK = ReasoningMarkers(open="<think>", close="</think>")
 

@@ -1,0 +1,232 @@
+"""The streaming machine for tag-style formats: content, reasoning tags and tool-call regions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from minerva.core.events import ReasoningDelta, TextDelta
+from minerva.parsers.base import IdFactory, IncrementalParser, find_first_marker, new_call_id, partial_marker_length
+from minerva.parsers.json_scan import FoundCall, JsonValueScanner
+
+logger = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class ReasoningMarkers:
+    """The tags around reasoning text, e.g. ``<think>`` and ``</think>``."""
+
+    open: str
+    close: str
+
+
+@dataclass(frozen=True)
+class ToolMarker:
+    """A tool-call region: opening and closing marker (close None: ends with its JSON value)."""
+
+    open: str
+    close: str | None
+
+
+@dataclass(frozen=True)
+class ToolSyntax:
+    """How one model family writes tool calls, and the pure parse of one call region."""
+
+    markers: tuple[ToolMarker, ...]
+    parse_region: Callable[[str, ToolMarker | None], list[FoundCall] | None]
+    bare_json: bool = False  # a JSON value where an answer starts may be a call (no marker)
+    lead_markers: tuple[str, ...] = ()  # bracketed markers that may precede a region's JSON
+    separators: str = ""  # characters dropped between consecutive calls, e.g. ";"
+
+
+class _Mode(Enum):
+    CONTENT = "content"
+    REASONING = "reasoning"
+    TOOL = "tool"
+
+
+class MarkupParser(IncrementalParser):
+    """The streaming machine for tag-style formats: content, reasoning tags and tool-call regions.
+
+    Whitespace is held until the next visible character decides it: the whitespace after a call or
+    after reasoning is dropped, the whitespace before a call is kept only if content follows the
+    call, and leading whitespace before the first call or reasoning is dropped.
+    """
+
+    tool_syntax: ToolSyntax | None = None
+    default_reasoning: ReasoningMarkers | None = None
+
+    def __init__(
+        self,
+        *,
+        reasoning: ReasoningMarkers | None | bool = True,
+        starts_in_reasoning: bool = False,
+        id_factory: IdFactory = new_call_id,
+    ):
+        super().__init__(id_factory=id_factory)
+        if reasoning is True:
+            reasoning = self.default_reasoning
+        self._reasoning = reasoning or None
+        self._mode = _Mode.REASONING if (starts_in_reasoning and self._reasoning) else _Mode.CONTENT
+        self._pending_space = ""
+        self._segment_start = True  # nothing visible since the start, a call or reasoning
+        self._shown_content = False  # any visible content emitted yet
+        self._after_call = False
+        self._region: ToolMarker | None = None
+        self._region_scanner: JsonValueScanner | None = None
+        self._searched = 0  # how far the buffer was searched for a closing marker
+
+    def _finish_held(self) -> None:
+        if self._pending_space and not self._after_call:
+            self._out.append(TextDelta(self._pending_space))
+        self._pending_space = ""
+
+    # -- machinery ---------------------------------------------------------------------------
+
+    def _open_markers(self) -> list[str]:
+        markers = [marker.open for marker in self.tool_syntax.markers] if self.tool_syntax else []
+        if self._reasoning:
+            markers.append(self._reasoning.open)
+        return markers
+
+    def _content(self, text: str) -> None:
+        """Emit content, holding trailing whitespace until the next visible text decides it."""
+        if not text:
+            return
+        stripped = text.rstrip()
+        if self._after_call:
+            stripped = stripped.lstrip()
+        if not stripped:
+            if not self._after_call:
+                self._pending_space += text
+            return
+        self._after_call = False
+        self._out.append(TextDelta(self._pending_space + stripped))
+        self._pending_space = text[len(text.rstrip()) :]
+        self._segment_start = False
+        self._shown_content = True
+
+    def _run(self, final: bool) -> None:
+        progressing = True
+        while progressing:
+            if self._mode is _Mode.CONTENT:
+                progressing = self._step_content(final)
+            elif self._mode is _Mode.REASONING:
+                progressing = self._step_reasoning(final)
+            else:
+                progressing = self._step_tool(final)
+
+    def _step_content(self, final: bool) -> bool:
+        syntax = self.tool_syntax
+        if self._after_call and syntax and syntax.separators:
+            trimmed = self._buffer.lstrip(" \t\r\n" + syntax.separators)
+            if len(trimmed) != len(self._buffer):
+                self._buffer = trimmed
+        if syntax and syntax.bare_json and self._segment_start:
+            stripped = self._buffer.lstrip()
+            if not stripped:
+                self._content(self._buffer)
+                self._buffer = ""
+                return False
+            if stripped[0] in "{[":
+                self._content(self._buffer[: len(self._buffer) - len(stripped)])
+                self._buffer = stripped
+                self._enter_tool(None)
+                return True
+        markers = self._open_markers()
+        found = find_first_marker(self._buffer, markers)
+        if found is not None:
+            position, marker = found
+            self._content(self._buffer[:position])
+            self._buffer = self._buffer[position + len(marker) :]
+            if self._reasoning and marker == self._reasoning.open:
+                self._mode = _Mode.REASONING
+                self._searched = 0
+            else:
+                assert syntax is not None
+                self._enter_tool(next(m for m in syntax.markers if m.open == marker))
+            return True
+        held = 0 if final else partial_marker_length(self._buffer, markers)
+        self._content(self._buffer[: len(self._buffer) - held])
+        self._buffer = self._buffer[len(self._buffer) - held :]
+        return False
+
+    def _step_reasoning(self, final: bool) -> bool:
+        assert self._reasoning is not None
+        close = self._reasoning.close
+        position = self._buffer.find(close)
+        if position >= 0:
+            self._out.append(ReasoningDelta(self._buffer[:position]))
+            self._buffer = self._buffer[position + len(close) :]
+            self._mode = _Mode.CONTENT
+            if not self._shown_content:
+                self._pending_space = ""
+            self._segment_start = True
+            self._after_call = True  # drop the blank lines models put after reasoning
+            return True
+        held = 0 if final else partial_marker_length(self._buffer, [close])
+        self._out.append(ReasoningDelta(self._buffer[: len(self._buffer) - held]))
+        self._buffer = self._buffer[len(self._buffer) - held :]
+        return False
+
+    def _enter_tool(self, marker: ToolMarker | None) -> None:
+        self._mode = _Mode.TOOL
+        self._region = marker
+        self._searched = 0
+        lead = self.tool_syntax.lead_markers if self.tool_syntax else ()
+        json_ended = marker is None or marker.close is None
+        self._region_scanner = JsonValueScanner(lead_markers=lead) if json_ended else None
+
+    def _step_tool(self, final: bool) -> bool:
+        marker = self._region
+        if self._region_scanner is None:
+            assert marker is not None and marker.close is not None
+            position = self._buffer.find(marker.close, self._searched)
+            if position < 0:
+                self._searched = max(0, len(self._buffer) - len(marker.close) + 1)
+                if final:
+                    self._reject_region()
+                    return True
+                return False
+            body = self._buffer[:position]
+            self._buffer = self._buffer[position + len(marker.close) :]
+            self._close_region(body, raw=body + marker.close)
+            return True
+        end = self._region_scanner.scan(self._buffer)
+        if end is None:
+            if final or self._region_scanner.failed:
+                self._reject_region()
+                return True
+            return False
+        body = self._buffer[:end]
+        self._buffer = self._buffer[end:]
+        self._close_region(body, raw=body)
+        return True
+
+    def _close_region(self, body: str, raw: str) -> None:
+        assert self.tool_syntax is not None
+        calls = self.tool_syntax.parse_region(body, self._region)
+        if not calls:
+            logger.debug("tool call region did not parse; returned as content")
+            self._mode = _Mode.CONTENT
+            opening = self._region.open if self._region else ""
+            self._region = None
+            self._content(opening + raw)
+            return
+        if not self._shown_content:
+            self._pending_space = ""  # blank lines before the first call are nobody's content
+        self._out.extend(self._emit_calls(calls))
+        self._mode = _Mode.CONTENT
+        self._region = None
+        self._segment_start = True
+        self._after_call = True
+
+    def _reject_region(self) -> None:
+        """A hopeless or unfinished region: its marker becomes content, its text is read again."""
+        opening = self._region.open if self._region else ""
+        self._mode = _Mode.CONTENT
+        self._region = None
+        self._region_scanner = None
+        self._segment_start = False
+        self._content(opening)
