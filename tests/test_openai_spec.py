@@ -16,9 +16,11 @@ MODEL = "smollm2-135m-instruct"
 EMBED_MODEL = "minilm"
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
 FAST = {"temperature": 0, "max_tokens": 8}
-TIME_TOOL = {"type": "function", "function": {
-    "name": "get_time", "description": "Current time in a timezone.",
-    "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]}}}
+NOW_TOOL = {"type": "function", "function": {"name": "now", "description": "The current time.", "parameters": {
+    "type": "object", "properties": {}, "additionalProperties": False}}}
+# A whole `<tool_call>{"name": "now", "arguments": {}}</tool_call>` is 23 SmolLM2 tokens: 16 would cut it off.
+TOOL_CALL = {"model": MODEL, "messages": [{"role": "user", "content": "What time is it?"}], "tools": [NOW_TOOL],
+             "tool_choice": "required", "parallel_tool_calls": False, "temperature": 0, "max_tokens": 32}
 
 
 def post(server, path: str, body: dict) -> httpx.Response:
@@ -111,9 +113,7 @@ def test_chat_completion_with_logprobs(default_server):
 
 
 def test_chat_completion_with_a_tool_call(default_server):
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "What time is it in Tokyo?"}],
-            "tools": [TIME_TOOL], "tool_choice": "required", "temperature": 0, "max_tokens": 16}
-    response = post(default_server, "/chat/completions", body)
+    response = post(default_server, "/chat/completions", TOOL_CALL)
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["tool_calls"]
     validate_openai("CreateChatCompletionResponse", response.json())
@@ -134,9 +134,7 @@ def test_streamed_chat_chunks_with_logprobs(default_server):
 
 
 def test_streamed_tool_call_chunks(default_server):
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "What time is it in Tokyo?"}],
-            "tools": [TIME_TOOL], "tool_choice": "required", "temperature": 0, "max_tokens": 16}
-    chunks = events(default_server, "/chat/completions", body)
+    chunks = events(default_server, "/chat/completions", TOOL_CALL)
     assert any(c["choices"] and c["choices"][0]["delta"].get("tool_calls") for c in chunks)
     validate_all("CreateChatCompletionStreamResponse", chunks)
 
@@ -210,4 +208,5 @@ def test_embeddings(embed_server, encoding_format):
             "encoding_format": encoding_format}
     response = post(embed_server, "/embeddings", body)
     assert response.status_code == 200
+    assert isinstance(response.json()["data"][0]["embedding"], str if encoding_format == "base64" else list)
     validate_openai("CreateEmbeddingResponse", response.json())
