@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ class Script:
     piece_delay_s: float = 0.0
     fail_after: int | None = None
     failure: Exception | None = None
+    gate: threading.Event | None = None  # when set, nothing is generated until the test opens it
 
 
 @dataclass
@@ -48,6 +50,8 @@ class ScriptedEngine:
         finished = False
         try:
             yield PromptProcessed(len(request.prompt_tokens), 0)
+            if script.gate is not None:
+                await asyncio.to_thread(script.gate.wait, 60)
             await asyncio.sleep(script.first_delay_s)
             for index, piece in enumerate(script.pieces[: request.max_tokens]):
                 if script.fail_after is not None and index == script.fail_after:

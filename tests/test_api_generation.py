@@ -114,13 +114,21 @@ def test_logit_bias_bans_a_token(client, default_server):
     assert biased.choices[0].logprobs.content[0].token != first_token.token
 
 
-def test_two_consecutive_user_messages_and_parts(client):
+def test_two_consecutive_user_messages_and_parts(client, default_server):
     response = chat(client, temperature=0, max_tokens=8, messages=[
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": [{"type": "text", "text": "Generate a title"}]},
         {"role": "user", "content": "for a chat about Paris."},
     ])
     assert response.choices[0].message.content
+    first_only = chat(client, temperature=0, max_tokens=1, messages=[
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": [{"type": "text", "text": "Generate a title"}]},
+    ])
+    engine = next(iter(default_server.state.pool.loaded().values()))
+    second_turn = len(engine.tokenize("for a chat about Paris.", add_special=False, parse_special=False))
+    # both user turns reached the prompt: the second adds its own tokens (plus its turn markers)
+    assert response.usage.prompt_tokens >= first_only.usage.prompt_tokens + second_turn
 
 
 def test_image_parts_are_a_clear_400(client):
@@ -141,6 +149,7 @@ def test_too_long_prompt_is_context_length_exceeded(client):
 def test_max_tokens_beyond_context_is_clamped(client):
     response = chat(client, temperature=0, max_tokens=100_000)
     assert response.choices[0].finish_reason in ("stop", "length")
+    assert 0 < response.usage.completion_tokens <= 2048 - response.usage.prompt_tokens
 
 
 def test_unknown_model_404_and_bad_params_400(client):
@@ -157,7 +166,9 @@ def test_unknown_model_404_and_bad_params_400(client):
 def test_unknown_fields_are_accepted(client):
     response = chat(client, temperature=0, max_tokens=4,
                     extra_body={"reasoning_effort": "low", "chat_template_kwargs": {"x": 1}, "vendor_thing": [1]})
-    assert response.choices[0].message.content is not None
+    plain = chat(client, temperature=0, max_tokens=4)
+    assert response.choices[0].message.content == plain.choices[0].message.content != ""
+    assert response.usage.prompt_tokens == plain.usage.prompt_tokens  # ignored, not folded into the prompt
 
 
 def test_completions(client):

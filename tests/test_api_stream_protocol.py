@@ -1,6 +1,7 @@
 """SSE protocol edge cases on the real server stack with a scripted engine: keep-alives, in-band
 errors, UTF-8 split across tokens, and disconnects."""
 
+import threading
 import time
 
 import httpx
@@ -12,9 +13,12 @@ from tests.conftest import running_server
 from tests.scripted_engine import Script, scripted_loader
 
 
+GATE = threading.Event()  # held shut by a test while it checks what arrives before any token
+
+
 def choose(prompt: str, call: int) -> Script:
     if "slow" in prompt:
-        return Script([b"Hello", b" there"], first_delay_s=1.2)
+        return Script([b"Hello", b" there"], gate=GATE)
     if "fail" in prompt:
         return Script([b"a", b"b", b"c"], fail_after=2, failure=InvalidRequestError("grammar dead end"))
     if "crash" in prompt:
@@ -45,20 +49,35 @@ def stream_lines(server, content: str) -> list[str]:
 
 
 def test_keepalive_comments_while_waiting(scripted):
-    lines = stream_lines(scripted, "slow please")
+    """While the model produces nothing, keep-alive comments keep coming; the answer follows when it does."""
+    GATE.clear()
+    body = {"model": "smollm2-135m-instruct", "stream": True, "messages": [{"role": "user", "content": "slow"}]}
+    lines: list[str] = []
+    with httpx.stream("POST", scripted.base_url + "/chat/completions", json=body, timeout=30) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            lines.append(line)
+            if not GATE.is_set() and sum(seen == ": keep-alive" for seen in lines) == 3:
+                assert not any("Hello" in seen for seen in lines)  # nothing generated yet
+                GATE.set()
     first_data = next(i for i, line in enumerate(lines) if line.startswith("data: {") and "Hello" in line)
     assert sum(line == ": keep-alive" for line in lines[:first_data]) >= 3
     assert lines[-2] == "data: [DONE]" or lines[-1] == "data: [DONE]"
 
 
 def test_headers_arrive_before_generation(scripted):
+    """Response headers go out before the model has produced a token (the engine is held shut)."""
+    GATE.clear()
     body = {"model": "smollm2-135m-instruct", "stream": True, "messages": [{"role": "user", "content": "slow"}]}
-    started = time.monotonic()
-    with httpx.stream("POST", scripted.base_url + "/chat/completions", json=body, timeout=30) as response:
-        headers_after = time.monotonic() - started
-        assert response.status_code == 200
-        list(response.iter_lines())
-    assert headers_after < 1.0  # the scripted model waits 1.2 s before its first token
+    try:
+        with httpx.stream("POST", scripted.base_url + "/chat/completions", json=body, timeout=30) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            assert not GATE.is_set()
+            GATE.set()
+            assert any("Hello" in line for line in response.iter_lines())
+    finally:
+        GATE.set()
 
 
 def test_error_after_stream_start_is_an_error_event(scripted):

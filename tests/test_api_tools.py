@@ -87,9 +87,10 @@ def test_tool_choice_none_and_auto_are_well_formed(client):
     assert plain.choices[0].message.tool_calls is None and plain.choices[0].finish_reason in ("stop", "length")
     auto = create(client, tools=[WEATHER], tool_choice="auto", temperature=0, max_tokens=96)
     message = auto.choices[0].message
-    for call in message.tool_calls or ():
-        check_call(call, (WEATHER,))
-    assert message.content or message.tool_calls
+    # greedy SmolLM2 answers this one in text under the optional-call grammar (a call is tested with
+    # tool_choice required above): the answer must then be plain content that ends with "stop"
+    assert message.tool_calls is None and message.content and "<tool_call>" not in message.content
+    assert auto.choices[0].finish_reason == "stop"
 
 
 def test_tool_results_round_trip(client):

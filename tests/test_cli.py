@@ -53,3 +53,13 @@ def test_demo_runs(tmp_path):
     assert result.returncode == 0, result.stderr
     for expected in ("Format detection", "GET /v1/models", "model_not_found", "multi-model registry"):
         assert expected in result.stdout
+
+
+def test_demo_runs_without_the_test_extra(tmp_path):
+    """The runtime install has no httpx (FastAPI's test client needs it): the demo must not import it."""
+    block = ("import sys; sys.modules['httpx'] = None; sys.modules['fastapi.testclient'] = None; "
+             "sys.argv = ['minerva', '--log-level', 'warning', 'demo', '--models-dir', sys.argv[1]]; "
+             "from minerva.cli import main; raise SystemExit(main())")
+    result = subprocess.run([sys.executable, "-c", block, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "model_not_found" in result.stdout and "Traceback" not in result.stderr
