@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from minerva.engine import transformers_dtype  # noqa: E402
+from minerva.engine.transformers import dtype as transformers_dtype  # noqa: E402
 from minerva.engine.transformers.dtype import compute_dtype, decode_matmul_seconds  # noqa: E402
 
 GIB = 2**30

@@ -8,6 +8,7 @@ against the bytes left before it sizes anything, and every failure is a ``ModelF
 from __future__ import annotations
 
 import logging
+import math
 import mmap
 import os
 import struct
@@ -115,10 +116,7 @@ class GGUFTensorInfo:
     @property
     def n_elements(self) -> int:
         """Number of elements (the product of the shape)."""
-        count = 1
-        for dim in self.shape:
-            count *= dim
-        return count
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,10 +44,7 @@ class SafeTensorsTensorInfo:
     @property
     def n_elements(self) -> int:
         """Number of elements (the product of the shape; 1 for a scalar)."""
-        count = 1
-        for dim in self.shape:
-            count *= dim
-        return count
+        return math.prod(self.shape)
 
     @property
     def n_bytes(self) -> int:
