@@ -94,8 +94,9 @@ def test_tool_choice_none_and_auto_are_well_formed(client):
         for call in message.tool_calls:
             check_call(call, (WEATHER,))
     else:
-        assert message.content and "<tool_call>" not in message.content
-        assert auto.choices[0].finish_reason in ("stop", "length")
+        assert message.content and auto.choices[0].finish_reason in ("stop", "length")
+        if auto.choices[0].finish_reason == "stop":  # a finished answer holds no unparsed call markup
+            assert "<tool_call>" not in message.content
 
 
 def test_tool_results_round_trip(client):
