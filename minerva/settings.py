@@ -41,7 +41,6 @@ class Settings(BaseSettings):
     max_body_bytes: int = 16 * 1024 * 1024
     keepalive_interval_s: float = 2.0
     shutdown_grace_s: float = 30.0
-    log_prompts: bool = False
     log_level: str = "info"
 
     @field_validator("models_dirs", "api_keys", "cors_origins", mode="before")
