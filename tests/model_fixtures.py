@@ -2,7 +2,7 @@
 
 GGUFs are written with gguf-py's ``GGUFWriter`` and SafeTensors with the ``safetensors`` package,
 so our readers are checked against the reference writers, not against themselves. Use from a
-test module with ``from model_fixtures import write_gguf, minilm_dir`` (``minilm_dir`` is a
+test module with ``from tests.model_fixtures import write_gguf, minilm_dir`` (``minilm_dir`` is a
 session fixture; importing it into a test module registers it there).
 """
 

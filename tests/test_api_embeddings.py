@@ -9,7 +9,7 @@ import numpy as np
 import openai
 import pytest
 from conftest import running_server
-from model_fixtures import minilm_dir  # noqa: F401 - session fixture
+from tests.model_fixtures import minilm_dir  # noqa: F401 - session fixture
 
 from minerva.settings import Settings
 

@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from minerva.settings import Settings
-from tests.conftest import running_server
+from tests.servers import running_server
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 
 from minerva.core.errors import InvalidRequestError
 from minerva.settings import Settings
-from tests.conftest import running_server
+from tests.servers import running_server
 from tests.scripted_engine import Script, scripted_loader
 
 

@@ -11,9 +11,9 @@ import pytest
 
 from minerva.engine.pool import load_engine
 from minerva.settings import Settings
-from tests.conftest import running_server
+from tests.servers import running_server
 from tests.model_fixtures import GGUFSpec, write_gguf
-from tests.test_signals import Served
+from tests.servers import Served
 
 DEFAULT = "smollm2-135m-instruct"
 pytestmark = pytest.mark.slow

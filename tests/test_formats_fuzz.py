@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from model_fixtures import (
+from tests.model_fixtures import (
     CHATML_TEMPLATE,
     GGUFSpec,
     GGUFTensorSpec,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import gguf
 import pytest
-from model_fixtures import (
+from tests.model_fixtures import (
     CHATML_TEMPLATE,
     GGUFSpec,
     GGUFTensorSpec,

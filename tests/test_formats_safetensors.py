@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model_fixtures import (  # noqa: F401  (minilm_dir is a fixture)
+from tests.model_fixtures import (  # noqa: F401  (minilm_dir is a fixture)
     CHATML_TEMPLATE,
     minilm_dir,
     tiny_tensors,

@@ -18,7 +18,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.test_signals import Served
+from tests.servers import Served
 
 logger = logging.getLogger(__name__)
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ from minerva.api.app import create_app
 from minerva.core.events import Usage
 from minerva.metrics import UNMATCHED, RequestRecord, observation_from
 from minerva.settings import Settings
-from tests.conftest import running_server
+from tests.servers import running_server
 from tests.scripted_engine import Script, scripted_loader
 
 MODEL = "smollm2-135m-instruct"

@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 from conftest import running_server
-from model_fixtures import minilm_dir  # noqa: F401 - session fixture
+from tests.model_fixtures import minilm_dir  # noqa: F401 - session fixture
 from openai_spec import RELAXATIONS, OpenAISpecError, validate_openai
 
 from minerva.settings import Settings

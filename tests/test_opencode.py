@@ -13,7 +13,7 @@ import pytest
 
 from minerva.dialects.openai.opencode import opencode_config
 from minerva.settings import Settings
-from tests.conftest import running_server
+from tests.servers import running_server
 from tests.scripted_engine import Script, scripted_loader
 
 OPENCODE_VERSION = "1.18.33"

@@ -4,61 +4,17 @@ The server runs as a real subprocess (`python -m minerva.cli serve`) on the embe
 """
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.servers import Served
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 pytestmark = pytest.mark.slow
-
-
-class Served:
-    """A `minerva serve` subprocess on loopback."""
-
-    def __init__(self, tmp_path: Path, grace_s: float, slots: int = 2, **settings: object):
-        self.port = free_port()
-        env = {**os.environ, "MINERVA_SHUTDOWN_GRACE_S": str(grace_s), "MINERVA_N_THREADS": "1",
-               **{f"MINERVA_{name.upper()}": str(value) for name, value in settings.items()}}
-        self.log = open(tmp_path / "server.log", "w+")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "minerva.cli", "serve", "--port", str(self.port), "--models-dir", str(tmp_path),
-             "--ctx-size", "1024", "--slots", str(slots)],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("server did not start:\n" + self.output())
-
-    def output(self) -> str:
-        self.log.flush()
-        return (Path(self.log.name)).read_text()
-
-    def accepts(self) -> bool:
-        with socket.socket() as sock:
-            sock.settimeout(0.5)
-            return sock.connect_ex(("127.0.0.1", self.port)) == 0
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.log.close()
 
 
 @pytest.fixture

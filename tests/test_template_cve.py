@@ -9,7 +9,7 @@ import jinja2
 import pytest
 
 from minerva.settings import Settings
-from tests.conftest import running_server
+from tests.servers import running_server
 from tests.model_fixtures import GGUFSpec, write_gguf
 from tests.scripted_engine import Script, scripted_loader
 
