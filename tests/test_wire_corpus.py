@@ -8,8 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import RunningServer
-from tests.wire_corpus import CASES, Case, CorpusRun, corpus_servers, record_diff, recorded_path
+from tests.wire_corpus import CASES, Case, CorpusRun, RunningServer, corpus_servers, record_diff, recorded_path
 
 
 @pytest.fixture(scope="module")
