@@ -24,7 +24,7 @@ def chat_logprobs(tokens: Logprobs) -> list[dict]:
 
 
 def _logprobs_object(tokens: Logprobs) -> dict | None:
-    return {"content": chat_logprobs(tokens)} if tokens else None
+    return {"content": chat_logprobs(tokens), "refusal": None} if tokens else None
 
 
 class ChatChunkEncoder:
@@ -92,12 +92,12 @@ class _ChoiceFold:
 
     def choice(self, index: int) -> dict:
         content = "".join(self.content) if self.content or not self.tool_calls else None
-        message: dict = {"role": "assistant", "content": content}
+        message: dict = {"role": "assistant", "content": content, "refusal": None}
         if self.reasoning:
             message["reasoning_content"] = "".join(self.reasoning)
         if self.tool_calls:
             message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
-        logprobs = {"content": self.logprobs} if self.logprobs is not None else None
+        logprobs = {"content": self.logprobs, "refusal": None} if self.logprobs is not None else None
         return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": self.finish_reason}
 
 
