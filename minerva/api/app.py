@@ -4,24 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from minerva import __version__
-from minerva.api.errors import ErrorEnvelopes, install_error_handlers
+from minerva.api.errors import Dialect, ErrorEnvelopes, install_error_handlers
 from minerva.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from minerva.api.routes_metrics import router as metrics_router
 from minerva.api.state import ServerState
 from minerva.default_model import default_model_path
-from minerva.dialects.openai.errors import openai_error
-from minerva.dialects.openai.routes import router as openai_router
 from minerva.engine.pool import EngineLoader, EnginePool, load_engine
 from minerva.registry import ModelRegistry
 from minerva.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+DIALECTS = ("minerva.dialects.openai.routes",)
+"""The client APIs served, one registry: each module's DIALECT has its router and error envelope."""
+
+
+def load_dialects() -> tuple[Dialect, ...]:
+    """Every dialect in DIALECTS."""
+    return tuple(importlib.import_module(name).DIALECT for name in DIALECTS)
 
 
 def build_registry(settings: Settings) -> ModelRegistry:
@@ -48,7 +55,8 @@ def create_app(settings: Settings | None = None, *, loader: EngineLoader = load_
 
     app = FastAPI(title="minerva", version=__version__, lifespan=lifespan)
     app.state.minerva = state
-    envelopes = ErrorEnvelopes(default=openai_error)  # each dialect adds its path prefix and envelope
+    dialects = load_dialects()
+    envelopes = ErrorEnvelopes.of(dialects)
     install_error_handlers(app, envelopes)
     # Added last runs first: request context wraps everything, then auth, then the body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, envelopes=envelopes)
@@ -57,7 +65,8 @@ def create_app(settings: Settings | None = None, *, loader: EngineLoader = load_
                            allow_headers=["*"], expose_headers=["x-request-id"])
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, envelopes=envelopes)
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
-    app.include_router(openai_router)
+    for dialect in dialects:
+        app.include_router(dialect.router)
     app.include_router(metrics_router)
 
     def openapi_without_422() -> dict:

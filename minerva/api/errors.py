@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -19,11 +19,27 @@ Envelope = Callable[[MinervaError], dict]
 
 
 @dataclass(frozen=True)
+class Dialect:
+    """A client API: its routes and the envelope its errors are written in (for paths under its prefixes)."""
+
+    name: str
+    router: APIRouter
+    error_envelope: Envelope
+    path_prefixes: tuple[str, ...] = ()  # empty: the default envelope, for every path no other dialect owns
+
+
+@dataclass(frozen=True)
 class ErrorEnvelopes:
     """Which dialect's envelope a path's errors are written in: the longest matching prefix, else the default."""
 
     default: Envelope
     by_prefix: tuple[tuple[str, Envelope], ...] = ()
+
+    @classmethod
+    def of(cls, dialects: tuple[Dialect, ...]) -> ErrorEnvelopes:
+        """The envelopes of these dialects; the first without path prefixes is the default."""
+        default = next(d.error_envelope for d in dialects if not d.path_prefixes)
+        return cls(default, tuple((p, d.error_envelope) for d in dialects for p in d.path_prefixes))
 
     def for_path(self, path: str) -> Envelope:
         """The envelope for errors of a request to this path."""

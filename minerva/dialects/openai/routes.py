@@ -9,11 +9,13 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from minerva.api.errors import Dialect
 from minerva.api.responding import GenerationReply, respond, session_key_of
 from minerva.api.state import server_state
 from minerva.dialects.openai.chat import ChatChunkEncoder, fold_chat_completion
 from minerva.dialects.openai.completions import CompletionChunkEncoder, fold_completion
 from minerva.dialects.openai.convert import chat_request_from, completion_request_from, embedding_request_from
+from minerva.dialects.openai.errors import openai_error
 from minerva.dialects.openai.models import model_list, model_object
 from minerva.dialects.openai.protocol import (
     STREAMING_RESPONSE,
@@ -113,3 +115,6 @@ async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
     state = server_state(request)
     model = state.registry.get(model_id)
     return JSONResponse(model_object(model, state.pool.is_loaded(model.id)))
+
+
+DIALECT = Dialect("openai", router, openai_error)
