@@ -71,6 +71,11 @@ class JsonValueScanner:
         self._max_lead = max_lead
         self.failed = False
 
+    @property
+    def started(self) -> bool:
+        """Whether a JSON value has begun (so an unfinished one is a cut value, not plain text)."""
+        return self._started
+
     def scan(self, text: str) -> int | None:
         """Scan the new end of ``text`` (the whole text so far); the end index once complete."""
         index = self._seen

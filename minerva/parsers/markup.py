@@ -186,34 +186,59 @@ class MarkupParser(IncrementalParser):
             if position < 0:
                 self._searched = max(0, len(self._buffer) - len(marker.close) + 1)
                 if final:
-                    self._reject_region()
+                    self._end_unclosed_region(marker.close)
                     return True
                 return False
             body = self._buffer[:position]
             self._buffer = self._buffer[position + len(marker.close) :]
-            self._close_region(body, raw=body + marker.close)
+            self._close_region(body)
             return True
         end = self._region_scanner.scan(self._buffer)
         if end is None:
+            if final and marker is not None and self._region_scanner.started:
+                self._end_unclosed_region(None)
+                return True
             if final or self._region_scanner.failed:
                 self._reject_region()
                 return True
             return False
         body = self._buffer[:end]
         self._buffer = self._buffer[end:]
-        self._close_region(body, raw=body)
+        self._close_region(body)
         return True
 
-    def _close_region(self, body: str, raw: str) -> None:
+    def _close_region(self, body: str) -> None:
         assert self.tool_syntax is not None
         calls = self.tool_syntax.parse_region(body, self._region)
         if not calls:
-            logger.debug("tool call region did not parse; returned as content")
+            logger.debug("tool call region did not parse; its text (without markers) returned as content")
             self._mode = _Mode.CONTENT
-            opening = self._region.open if self._region else ""
             self._region = None
-            self._content(opening + raw)
+            self._content(body.strip())
             return
+        self._accept_calls(calls)
+
+    def _end_unclosed_region(self, close: str | None) -> None:
+        """Generation ended inside a call: one whose arguments are complete is kept, anything else dropped.
+
+        Markup never reaches content: the client sees a call or nothing, and the finish reason says why.
+        """
+        assert self.tool_syntax is not None
+        body = self._buffer
+        if close:
+            body = body[: len(body) - partial_marker_length(body, [close])]
+        self._buffer = ""
+        self._region_scanner = None
+        calls = self.tool_syntax.parse_region(body, self._region)
+        if calls:
+            self._accept_calls(calls)
+            return
+        logger.debug("generation ended inside an incomplete tool call; the call is dropped")
+        self._mode = _Mode.CONTENT
+        self._region = None
+        self._pending_space = ""  # the blank line before a dropped call belongs to it
+
+    def _accept_calls(self, calls: list[FoundCall]) -> None:
         if not self._shown_content:
             self._pending_space = ""  # blank lines before the first call are nobody's content
         self._out.extend(self._emit_calls(calls))
@@ -223,10 +248,8 @@ class MarkupParser(IncrementalParser):
         self._after_call = True
 
     def _reject_region(self) -> None:
-        """A hopeless or unfinished region: its marker becomes content, its text is read again."""
-        opening = self._region.open if self._region else ""
+        """A region that is not a call after all: its marker is dropped, its text is read again as content."""
         self._mode = _Mode.CONTENT
         self._region = None
         self._region_scanner = None
         self._segment_start = False
-        self._content(opening)
