@@ -1,4 +1,4 @@
-"""The `minerva` command: serve | models | inspect | demo | opencode-config."""
+"""The `minerva` command: serve | models | inspect | demo | opencode-config | claude-config | codex-config."""
 
 from __future__ import annotations
 
@@ -183,11 +183,35 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_opencode_config(args: argparse.Namespace) -> int:
     """Print an OpenCode provider block for the registered models."""
     from minerva.api.app import build_registry
-    from minerva.dialects.openai.opencode import opencode_config
+    from minerva.client_configs import opencode_config
 
     settings = _settings_from(args)
     base_url = args.base_url or f"http://{settings.host}:{settings.port}/v1"
     print(json.dumps(opencode_config(build_registry(settings).list(), base_url), indent=2))
+    return 0
+
+
+def cmd_claude_config(args: argparse.Namespace) -> int:
+    """Print the environment Claude Code needs to run on the registered models."""
+    from minerva.api.app import build_registry
+    from minerva.client_configs import claude_code_env
+
+    settings = _settings_from(args)
+    root = args.base_url or f"http://{settings.host}:{settings.port}"
+    for name, value in claude_code_env(build_registry(settings).list(), root).items():
+        print(f"export {name}={value}")
+    return 0
+
+
+def cmd_codex_config(args: argparse.Namespace) -> int:
+    """Print a Codex config.toml for the registered models."""
+    from minerva.api.app import build_registry
+    from minerva.client_configs import codex_config_toml
+
+    settings = _settings_from(args)
+    base_url = args.base_url or f"http://{settings.host}:{settings.port}/v1"
+    print("# ~/.codex/config.toml (then: export MINERVA_KEY=sk-local)")
+    print(codex_config_toml(build_registry(settings).list(), base_url), end="")
     return 0
 
 
@@ -234,6 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(opencode)
     opencode.add_argument("--base-url", default=None)
     opencode.set_defaults(func=cmd_opencode_config)
+
+    claude = commands.add_parser("claude-config", help="print the environment for Claude Code on these models")
+    _add_model_flags(claude)
+    claude.add_argument("--base-url", default=None, help="the server root (Claude Code appends /v1/messages)")
+    claude.set_defaults(func=cmd_claude_config)
+
+    codex = commands.add_parser("codex-config", help="print a Codex config.toml for these models")
+    _add_model_flags(codex)
+    codex.add_argument("--base-url", default=None)
+    codex.set_defaults(func=cmd_codex_config)
     return parser
 
 

@@ -63,3 +63,25 @@ def test_demo_runs_without_the_test_extra(tmp_path):
     result = subprocess.run([sys.executable, "-c", block, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "model_not_found" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_claude_config_points_every_model_role_at_a_local_model(tmp_path):
+    result = run("claude-config", "--models-dir", str(tmp_path), "--base-url", "http://127.0.0.1:9000")
+    assert result.returncode == 0, result.stderr
+    env = dict(line.removeprefix("export ").split("=", 1) for line in result.stdout.splitlines())
+    assert env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:9000"  # the root: Claude Code appends /v1/messages
+    for role in ("ANTHROPIC_MODEL", "ANTHROPIC_DEFAULT_HAIKU_MODEL", "ANTHROPIC_DEFAULT_SONNET_MODEL",
+                 "ANTHROPIC_DEFAULT_OPUS_MODEL"):
+        assert env[role] == "smollm2-135m-instruct"
+
+
+def test_codex_config_is_a_responses_provider(tmp_path):
+    import tomllib
+
+    result = run("codex-config", "--models-dir", str(tmp_path), "--base-url", "http://127.0.0.1:9000/v1")
+    assert result.returncode == 0, result.stderr
+    config = tomllib.loads(result.stdout)
+    assert config["model"] == "smollm2-135m-instruct" and config["model_provider"] == "minerva"
+    provider = config["model_providers"]["minerva"]
+    assert provider["base_url"] == "http://127.0.0.1:9000/v1" and provider["wire_api"] == "responses"
+    assert config["model_context_window"] == 8192

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from minerva.dialects.openai.opencode import opencode_config
+from minerva.client_configs import opencode_config
 from minerva.settings import Settings
 from tests.servers import running_server
 from tests.scripted_engine import Script, scripted_loader
