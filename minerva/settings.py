@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = 16 * 1024 * 1024
     keepalive_interval_s: float = 2.0
+    responses_store_size: int = Field(default=256, ge=0)  # stored /v1/responses kept (least recently used evicted)
+    anthropic_model_map: dict[str, str] = Field(default_factory=dict)  # claude-* name -> model id; unmapped: first chat model
     shutdown_grace_s: float = 30.0
     log_level: str = "info"
 

@@ -1,5 +1,6 @@
 """schemathesis against our own /openapi.json (in-process ASGI app, scripted engine): no 500s, no
-response that contradicts the schema we publish, and every error in the OpenAI envelope.
+response that contradicts the schema we publish, and every error in its API's envelope (Anthropic's
+under /v1/messages, OpenAI's everywhere else).
 
 Known gaps of the published schema (see test_schema_documents_what_we_send): it documents FastAPI's
 422 but not the 400/401/404/413/429/503 errors minerva sends, and not text/event-stream for
@@ -38,8 +39,15 @@ def aim_at_the_model(case) -> None:
 
 
 def check_envelope_and_shape(case, response) -> None:
-    """Errors are the OpenAI envelope; successes are JSON or, for stream: true, a finished SSE stream."""
+    """Errors are their API's envelope; successes are JSON or, for stream: true, a finished SSE stream."""
     content_type = (response.headers.get("content-type") or [""])[0]  # schemathesis: name -> list
+    anthropic = case.path.startswith("/v1/messages")
+    if response.status_code >= 400 and anthropic:
+        assert content_type.startswith("application/json"), content_type
+        body = response.json()
+        assert body["type"] == "error" and isinstance(body["error"]["message"], str), body
+        assert isinstance(body["error"]["type"], str), body
+        return
     if response.status_code >= 400:
         assert content_type.startswith("application/json"), content_type
         error = response.json()["error"]
@@ -50,6 +58,18 @@ def check_envelope_and_shape(case, response) -> None:
     if streamed and response.status_code == 200:
         assert content_type.startswith("text/event-stream"), content_type
         data = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+        if anthropic:  # named Messages events, ended by message_stop or an error event
+            events = [json.loads(item) for item in data]
+            assert events and events[0]["type"] in ("message_start", "error"), data[:2]
+            if not response.stream_cut_short:
+                assert events[-1]["type"] in ("message_stop", "error"), data[-2:]
+            return
+        if case.path.startswith("/v1/responses"):  # named Responses events, ended by a terminal one
+            events = [json.loads(item) for item in data]
+            assert events and all(event["type"].startswith("response.") for event in events), data[-2:]
+            if not response.stream_cut_short:
+                assert events[-1]["type"] in ("response.completed", "response.incomplete", "response.failed")
+            return
         events = [json.loads(item) for item in data if item != "[DONE]"]
         assert all("choices" in event or "error" in event for event in events), data[-2:]
         if not response.stream_cut_short:  # schemathesis stops reading after 20 events

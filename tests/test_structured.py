@@ -108,10 +108,21 @@ def test_what_a_grammar_cannot_enforce_is_a_typed_400(schema, keyword):
 
 def test_tool_schema_errors_name_the_tool_and_param():
     tools = [{"type": "function", "function": {"name": "f", "parameters": {
-        "type": "object", "properties": {"x": {"type": "string", "pattern": "a"}}}}}]
+        "type": "object", "properties": {"x": {"type": "string", "not": {"const": "a"}}}}}}]
     with pytest.raises(UnsupportedSchemaError) as raised:
         tool_call_grammar(tools, "required")
     assert raised.value.param == "tools" and "tools[0].function.parameters" in raised.value.message
+
+
+def test_a_tool_string_pattern_is_left_to_the_client_but_a_response_format_pattern_is_refused():
+    def tool(properties):
+        return [{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": properties, "required": ["x"]}}}]
+
+    with_pattern = tool_call_grammar(tool({"x": {"type": "string", "pattern": "^wf_[a-z0-9-]{6,}$"}}), "required")
+    assert with_pattern == tool_call_grammar(tool({"x": {"type": "string"}}), "required")
+    with pytest.raises(UnsupportedSchemaError):
+        json_schema_to_gbnf({"type": "object", "properties": {"x": {"type": "string", "pattern": "a"}}})
 
 
 def test_forced_function_must_exist():

@@ -22,7 +22,8 @@ from minerva.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-DIALECTS = ("minerva.dialects.openai.routes",)
+DIALECTS = ("minerva.dialects.openai.routes", "minerva.dialects.openai_responses.routes",
+            "minerva.dialects.anthropic.routes")
 """The client APIs served, one registry: each module's DIALECT has its router and error envelope."""
 
 

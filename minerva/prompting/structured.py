@@ -11,6 +11,7 @@ is not enforced; ``oneOf`` is treated as ``anyOf``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,8 @@ from minerva.prompting.gbnf import gbnf_literal
 from minerva.prompting.number_ranges import MAX_INT_DIGITS, decimal_options, integer_range
 from minerva.prompting.tool_prompt import HERMES_CALL_FORMAT, ToolCallFormat
 from minerva.core.errors import InvalidRequestError
+
+logger = logging.getLogger(__name__)
 
 
 class UnsupportedSchemaError(InvalidRequestError):
@@ -42,6 +45,10 @@ UNSUPPORTED = frozenset(
      "unevaluatedItems", "contains", "minContains", "maxContains", "multipleOf",
      "minProperties", "maxProperties", "$dynamicRef", "$recursiveRef"}
 )
+
+TOOL_UNENFORCED = frozenset({"pattern"})
+"""Left unenforced in tool schemas: agents' tools carry string patterns (Claude Code's do) and
+refusing the whole request would leave the agent with no tools at all; the client validates calls."""
 
 PRIMITIVE_RULES = {
     "ws": '" "?',
@@ -78,10 +85,13 @@ def json_literal(value: object) -> str:
 class SchemaConverter:
     """Turns one JSON Schema (with local ``$ref``s) into GBNF rules."""
 
-    def __init__(self, root_schema: object, *, param: str, location: str):
+    def __init__(self, root_schema: object, *, param: str, location: str,
+                 unenforced: frozenset[str] = frozenset()):
         self._root = root_schema
         self._param = param
         self._location = location
+        self._unenforced = unenforced  # unsupported keywords to leave unenforced (logged) instead of refusing
+        self._noted: set[str] = set()
         self._rules: dict[str, str] = {}
         self._bodies: dict[str, str] = {}
         self._refs: dict[str, str] = {}
@@ -147,8 +157,12 @@ class SchemaConverter:
         if not isinstance(schema, Mapping):
             raise self.fail(path, f"a schema of type {type(schema).__name__}")
         for keyword in schema:
-            if keyword in UNSUPPORTED:
+            if keyword in UNSUPPORTED and keyword not in self._unenforced:
                 raise self.fail(path, f"'{keyword}'")
+            if keyword in UNSUPPORTED and keyword not in self._noted:
+                self._noted.add(keyword)
+                logger.info("%s%s: '%s' is not enforced by the grammar (left to the client's validation)",
+                            self._location, path, keyword)
         if schema.get("uniqueItems") is True:
             raise self.fail(path, "'uniqueItems'")
         if "$ref" in schema:
@@ -455,7 +469,7 @@ def tool_call_grammar(
     ``required``: one call (several when ``parallel``); a ``ForcedFunction``: calls of that one
     function; ``auto_optional``: free text that never opens a call, optionally followed by calls.
     """
-    converter = SchemaConverter({}, param="tools", location="tools")
+    converter = SchemaConverter({}, param="tools", location="tools", unenforced=TOOL_UNENFORCED)
     arguments: dict[str, str] = {}
     for index, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, Mapping) else None

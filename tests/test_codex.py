@@ -1,0 +1,117 @@
+"""Codex CLI (@openai/codex@0.169.0) run headless against a real minerva over the Responses API: real
+SmolLM2, and a scripted engine that drives a shell tool round trip (exec_command → output → answer)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from minerva.settings import Settings
+from tests.model_fixtures import GGUFSpec, write_gguf
+from tests.scripted_engine import Script, scripted_loader
+from tests.servers import running_server
+
+CODEX_VERSION = "0.169.0"
+SMOLLM2 = "smollm2-135m-instruct"
+QWEN3 = "qwen3-tiny"  # a fixture GGUF with Qwen3's template: hermes tool calls
+QWEN3_TEMPLATE = Path(__file__).resolve().parent / "data" / "templates" / "qwen3.jinja"
+N_CTX = 8192
+MARKER = "minerva-tool-ok"
+
+
+@pytest.fixture(scope="session")
+def codex_bin() -> Path:
+    """Codex from the npm registry, installed once into a cache directory outside the repo."""
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip("npm is not installed, so Codex cannot be installed from the npm registry")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "minerva-test"
+    prefix = cache / f"codex-{CODEX_VERSION}"
+    binary = prefix / "node_modules" / ".bin" / "codex"
+    if not binary.exists():
+        prefix.mkdir(parents=True, exist_ok=True)
+        subprocess.run([npm, "install", "--prefix", str(prefix), f"@openai/codex@{CODEX_VERSION}",
+                        "--no-audit", "--no-fund", "--loglevel=error"], check=True, timeout=900)
+    return binary
+
+
+def codex_config(base_url: str, model: str) -> str:
+    """$HOME/.codex/config.toml pointing Codex at minerva over the Responses API."""
+    return (f'model = "{model}"\nmodel_provider = "minerva"\n\n[model_providers.minerva]\nname = "minerva"\n'
+            f'base_url = "{base_url}"\nwire_api = "responses"\nenv_key = "MINERVA_KEY"\n')
+
+
+def run_codex(binary: Path, base_url: str, model: str, tmp_path: Path, prompt: str) -> subprocess.CompletedProcess:
+    """`codex exec --skip-git-repo-check --json PROMPT`, stdin closed, its state isolated under tmp_path."""
+    home = tmp_path / "home"
+    (home / ".codex").mkdir(parents=True, exist_ok=True)
+    (home / ".codex" / "config.toml").write_text(codex_config(base_url, model))
+    workdir = tmp_path / "project"
+    workdir.mkdir(exist_ok=True)
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "MINERVA_KEY": "sk-test"}
+    return subprocess.run([str(binary), "exec", "--skip-git-repo-check", "--json", prompt], cwd=workdir, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
+
+
+def events_of(stdout: str) -> list[dict]:
+    """The JSON events Codex printed, one per line."""
+    events = []
+    for line in stdout.splitlines():
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+    return events
+
+
+def items_of(events: list[dict], kind: str) -> list[dict]:
+    """The completed items of one type."""
+    return [e["item"] for e in events if e.get("type") == "item.completed" and e["item"].get("type") == kind]
+
+
+def test_codex_runs_on_real_smollm2(codex_bin, tmp_path, tmp_path_factory):
+    settings = Settings(models_dirs=[tmp_path_factory.mktemp("empty")], n_threads=2, n_slots=1, n_ctx=N_CTX)
+    with running_server(settings) as server:
+        result = run_codex(codex_bin, server.base_url, SMOLLM2, tmp_path, "Reply with one short greeting.")
+    output = result.stdout[-3000:] + result.stderr[-2000:]
+    assert result.returncode == 0, output
+    events = events_of(result.stdout)
+    messages = items_of(events, "agent_message")
+    assert messages and messages[-1]["text"].strip(), output
+    usage = next(e["usage"] for e in events if e.get("type") == "turn.completed")
+    # Codex's first request (~39 KB of JSON: instructions and 17 tools) fits 8,192 tokens with room to answer
+    assert 0 < usage["input_tokens"] < N_CTX - 1024 and usage["output_tokens"] > 0, usage
+
+
+def scripted_agent(prompt: str, call: int) -> Script:
+    """First a Hermes call to Codex's shell tool (exec_command); once its output is back, the answer."""
+    last_turn = prompt.rsplit("<|im_start|>", 2)[-2]
+    if "<tool_response>" in last_turn and MARKER in last_turn:
+        return Script([b"The command ", b"printed ", MARKER.encode(), b"."])
+    text = (b"<tool_call>\n" + json.dumps({"name": "exec_command", "arguments": {"cmd": f"echo {MARKER}"}}).encode()
+            + b"\n</tool_call>")
+    return Script([text[i:i + 7] for i in range(0, len(text), 7)])  # the call split across many tokens
+
+
+def test_codex_runs_a_shell_tool_call_and_finishes(codex_bin, tmp_path, tmp_path_factory):
+    models = tmp_path_factory.mktemp("qwen3-models")
+    write_gguf(models / f"{QWEN3}.gguf", GGUFSpec(name="Qwen3 Tiny", chat_template=QWEN3_TEMPLATE.read_text()))
+    loader = scripted_loader(scripted_agent)
+    with running_server(Settings(models_dirs=[models]), loader=loader) as server:
+        result = run_codex(codex_bin, server.base_url, QWEN3, tmp_path, "Run the marker command.")
+    output = result.stdout[-4000:] + result.stderr[-2000:]
+    assert result.returncode == 0, output
+    events = events_of(result.stdout)
+    commands = items_of(events, "command_execution")
+    assert commands and MARKER in commands[0]["command"] and MARKER in commands[0]["aggregated_output"], output
+    assert commands[0]["exit_code"] == 0, output
+    assert items_of(events, "agent_message")[-1]["text"] == f"The command printed {MARKER}.", output
+    prompts = [p for engine in loader.engines for p in engine.prompts]
+    assert '"name": "exec_command"' in prompts[0] and '"cmd"' in prompts[0]
+    assert any("<tool_response>" in p and MARKER in p for p in prompts[1:])
