@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from minerva.settings import Settings
 from tests.model_fixtures import GGUFSpec, write_gguf
 from tests.scripted_engine import Script, scripted_loader
+from tests.npm_agents import npm_agent
 from tests.servers import running_server
 
 CODEX_VERSION = "0.169.0"
@@ -22,22 +22,13 @@ QWEN3 = "qwen3-tiny"  # a fixture GGUF with Qwen3's template: hermes tool calls
 QWEN3_TEMPLATE = Path(__file__).resolve().parent / "data" / "templates" / "qwen3.jinja"
 N_CTX = 8192
 MARKER = "minerva-tool-ok"
+ATTEMPTS = 5  # see test_codex_runs_on_real_smollm2
 
 
 @pytest.fixture(scope="session")
 def codex_bin() -> Path:
     """Codex from the npm registry, installed once into a cache directory outside the repo."""
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip("npm is not installed, so Codex cannot be installed from the npm registry")
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "minerva-test"
-    prefix = cache / f"codex-{CODEX_VERSION}"
-    binary = prefix / "node_modules" / ".bin" / "codex"
-    if not binary.exists():
-        prefix.mkdir(parents=True, exist_ok=True)
-        subprocess.run([npm, "install", "--prefix", str(prefix), f"@openai/codex@{CODEX_VERSION}",
-                        "--no-audit", "--no-fund", "--loglevel=error"], check=True, timeout=900)
-    return binary
+    return npm_agent("@openai/codex", CODEX_VERSION, "codex", "codex")
 
 
 def codex_config(base_url: str, model: str) -> str:
@@ -77,10 +68,20 @@ def items_of(events: list[dict], kind: str) -> list[dict]:
 
 def test_codex_runs_on_real_smollm2(codex_bin, tmp_path, tmp_path_factory):
     settings = Settings(models_dirs=[tmp_path_factory.mktemp("empty")], n_threads=2, n_slots=1, n_ctx=N_CTX)
+    runaways = []
     with running_server(settings) as server:
-        result = run_codex(codex_bin, server.base_url, SMOLLM2, tmp_path, "Reply with one short greeting.")
-    output = result.stdout[-3000:] + result.stderr[-2000:]
-    assert result.returncode == 0, output
+        for attempt in range(ATTEMPTS):
+            result = run_codex(codex_bin, server.base_url, SMOLLM2, tmp_path / str(attempt),
+                               "Reply with one short greeting.")
+            output = result.stdout[-3000:] + result.stderr[-2000:]
+            if result.returncode == 0:
+                break
+            # Codex sends no temperature, so SmolLM2 samples at the server default and sometimes repeats itself
+            # until the context is full (#15's repetition guard is the fix): the only failure tolerated, and
+            # only on an earlier attempt; any protocol error fails at once
+            assert "Incomplete response returned, reason: max_output_tokens" in result.stdout, output
+            runaways.append(attempt)
+    assert result.returncode == 0, (runaways, output)
     events = events_of(result.stdout)
     messages = items_of(events, "agent_message")
     assert messages and messages[-1]["text"].strip(), output

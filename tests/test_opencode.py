@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from minerva.client_configs import opencode_config
 from minerva.settings import Settings
+from tests.npm_agents import npm_agent
 from tests.servers import running_server
 from tests.scripted_engine import Script, scripted_loader
 
@@ -23,17 +23,7 @@ MODEL = "smollm2-135m-instruct"
 @pytest.fixture(scope="session")
 def opencode_bin() -> Path:
     """OpenCode from the npm registry, installed once into a cache directory outside the repo."""
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip("npm is not installed, so OpenCode cannot be installed from the npm registry")
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "minerva-test"
-    prefix = cache / f"opencode-{OPENCODE_VERSION}"
-    binary = prefix / "node_modules" / ".bin" / "opencode"
-    if not binary.exists():
-        prefix.mkdir(parents=True, exist_ok=True)
-        subprocess.run([npm, "install", "--prefix", str(prefix), f"opencode-ai@{OPENCODE_VERSION}",
-                        "--no-audit", "--no-fund", "--loglevel=error"], check=True, timeout=900)
-    return binary
+    return npm_agent("opencode-ai", OPENCODE_VERSION, "opencode", "opencode")
 
 
 def run_opencode(binary: Path, server, tmp_path: Path, prompt: str, output_limit: int,
