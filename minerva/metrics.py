@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -50,13 +51,13 @@ class RequestRecord:
     last_token: float | None = None
     outcome: str | None = None  # e.g. "client_disconnected"; None: decided by how the app returned
 
-    def observe_event(self, event: object, now: float) -> None:
-        """Note the first output and the final usage of a generation stream."""
+    def observe_event(self, event: object) -> None:
+        """Note when the first output and the final usage of a generation stream went by (clock read only then)."""
         if self.first_token is None and is_output(event):
-            self.first_token = now
+            self.first_token = time.perf_counter()
         if isinstance(event, Usage):
             self.usage = event
-            self.last_token = now
+            self.last_token = time.perf_counter()
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -46,7 +45,7 @@ async def recording(events: AsyncIterator[Event], record: RequestRecord | None) 
     async with contextlib.aclosing(events) as items:  # type: ignore[type-var]
         async for event in items:
             if record is not None:
-                record.observe_event(event, time.perf_counter())
+                record.observe_event(event)
             yield event
 
 
