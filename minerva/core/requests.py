@@ -32,13 +32,29 @@ class Message:
 
 
 @dataclass(frozen=True)
+class TextGrammar:
+    """A grammar over free text: ``lark`` or ``regex`` syntax, and its definition."""
+
+    syntax: str
+    definition: str
+
+
+FREEFORM_INPUT = "input"
+"""A free-form tool's input travels as the one string argument of this name."""
+
+
+@dataclass(frozen=True)
 class ToolSpec:
-    """A function the model may call: name, description and JSON Schema parameters."""
+    """A function the model may call: name, description and JSON Schema parameters.
+
+    ``freeform``: the tool takes free text (``{"input": "…"}``) that must match this grammar.
+    """
 
     name: str
     description: str | None = None
     parameters: Mapping[str, Any] | None = None
     strict: bool | None = None
+    freeform: TextGrammar | None = None
 
 
 @dataclass(frozen=True)

@@ -92,17 +92,18 @@ def build_chat_prompt(request: ChatRequest, engine: Engine) -> ChatPrompt:
         forced = _forced_tool(request)
         required = request.tool_choice == "required" or forced is not None
         parallel = request.parallel_tool_calls
+        freeform = {tool.name: tool.freeform for tool in request.tools if tool.freeform is not None}
         if native_format:
             template_tools = tools
             parser = native_format
             if required and native_format == "hermes":
                 mode = structured.ForcedFunction(forced) if forced else "required"
-                grammar = structured.tool_call_grammar(tools, mode, parallel=parallel)
+                grammar = structured.tool_call_grammar(tools, mode, parallel=parallel, freeform=freeform)
         else:
             messages = add_tools_to_system(inline_tool_history(messages), render_tools_for_prompt(tools))
             parser = "hermes"
             mode = structured.ForcedFunction(forced) if forced else ("required" if required else "auto_optional")
-            grammar = structured.tool_call_grammar(tools, mode, parallel=parallel)
+            grammar = structured.tool_call_grammar(tools, mode, parallel=parallel, freeform=freeform)
     elif not native_format:
         messages = inline_tool_history(messages)  # earlier calls and results, as text the model can read
     if grammar is None and isinstance(request.output, JsonObjectOutput):

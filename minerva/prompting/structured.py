@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from minerva.core.requests import TextGrammar
+from minerva.prompting.freeform import freeform_arguments_rules
 from minerva.prompting.gbnf import gbnf_literal
 from minerva.prompting.number_ranges import MAX_INT_DIGITS, decimal_options, integer_range
 from minerva.prompting.tool_prompt import HERMES_CALL_FORMAT, ToolCallFormat
@@ -135,6 +137,16 @@ class SchemaConverter:
         self._rules[name] = body
         self._bodies[body] = name
         return name
+
+    def fresh_prefix(self, hint: str) -> str:
+        """A name no rule has yet, to prefix a family of rules built elsewhere."""
+        return self._fresh_name(hint)
+
+    def add_named_rules(self, rules: Mapping[str, str], body: str, *, hint: str) -> str:
+        """Add rules built elsewhere under their own names, then a rule ``body`` using them; return its name."""
+        self._rules.update(rules)
+        self.primitive("ws")
+        return self.add_rule(hint, body)
 
     def _fresh_name(self, hint: str) -> str:
         base = re.sub(r"[^a-zA-Z0-9]+", "-", hint).strip("-").lower() or "rule"
@@ -463,11 +475,13 @@ def tool_call_grammar(
     wrapper: ToolCallFormat = HERMES_CALL_FORMAT,
     *,
     parallel: bool = True,
+    freeform: Mapping[str, TextGrammar] | None = None,
 ) -> str:
     """A GBNF grammar for tool calls written in ``wrapper``'s format.
 
     ``required``: one call (several when ``parallel``); a ``ForcedFunction``: calls of that one
     function; ``auto_optional``: free text that never opens a call, optionally followed by calls.
+    ``freeform``: by tool name, the grammar a free-form tool's ``input`` string must match.
     """
     converter = SchemaConverter({}, param="tools", location="tools", unenforced=TOOL_UNENFORCED)
     arguments: dict[str, str] = {}
@@ -479,7 +493,12 @@ def tool_call_grammar(
         name = function["name"]
         parameters = function.get("parameters") or {"type": "object", "properties": {}}
         location = f"tools[{index}].function.parameters"
-        arguments[name] = converter.visit_root(parameters, location=location, hint=f"{name}-args")
+        text_grammar = (freeform or {}).get(name)
+        found = text_grammar and freeform_arguments_rules(name, text_grammar, converter.fresh_prefix(f"{name}-input"))
+        if found:
+            arguments[name] = converter.add_named_rules(found[1], found[0], hint=f"{name}-args")
+        else:
+            arguments[name] = converter.visit_root(parameters, location=location, hint=f"{name}-args")
     if isinstance(mode, ForcedFunction):
         if mode.name not in arguments:
             message = f"tool_choice names {mode.name!r}, which is not in tools"

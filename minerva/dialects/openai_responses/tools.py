@@ -6,12 +6,12 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from minerva.core.requests import ToolSpec
+from minerva.core.requests import FREEFORM_INPUT, TextGrammar, ToolSpec
 from minerva.dialects.openai_responses.protocol import Tool
 
 logger = logging.getLogger(__name__)
 
-CUSTOM_INPUT = "input"
+CUSTOM_INPUT = FREEFORM_INPUT
 CUSTOM_PARAMETERS = {"type": "object", "properties": {CUSTOM_INPUT: {"type": "string"}}, "required": [CUSTOM_INPUT]}
 """A custom (free-form) tool is offered to the model as a function taking its input as one string."""
 
@@ -43,10 +43,12 @@ class ToolSet:
 
 
 def _custom_spec(tool: Tool, core_name: str) -> ToolSpec:
+    """A custom tool; its Lark or regex grammar, where it has one, constrains the input when calls are."""
     fmt = tool.format or {}
-    if fmt.get("type") == "grammar":  # Lark or regex: not enforced yet, the input is free-form text
-        logger.debug("custom tool %r: its %s grammar is not enforced", tool.name, fmt.get("syntax"))
-    return ToolSpec(core_name, tool.description, CUSTOM_PARAMETERS)
+    grammar = None
+    if fmt.get("type") == "grammar" and isinstance(fmt.get("definition"), str):
+        grammar = TextGrammar(str(fmt.get("syntax") or "lark"), fmt["definition"])
+    return ToolSpec(core_name, tool.description, CUSTOM_PARAMETERS, freeform=grammar)
 
 
 def _add(specs: list[ToolSpec], names: dict[str, ToolName], tool: Tool, namespace: str | None) -> None:
