@@ -112,8 +112,8 @@ class ApiKeyMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self._keys and scope["path"] not in OPEN_PATHS \
                 and scope.get("method") != "OPTIONS" and not self._authorized(scope):
-            await send_error(send, scope, self._envelopes,
-                             AuthenticationError("Incorrect or missing API key. Send 'Authorization: Bearer <key>'."),
+            message = "Incorrect or missing API key. Send 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
+            await send_error(send, scope, self._envelopes, AuthenticationError(message),
                              [(b"www-authenticate", b"Bearer")])
             return
         await self.app(scope, receive, send)
