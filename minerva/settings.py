@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from minerva.core.errors import InvalidRequestError
+from minerva.generation.decode import DEFAULT_MAX_TOKENS
+from minerva.generation.repetition import DEFAULT_MAX_PERIOD, DEFAULT_MIN_REPEATS, DEFAULT_MIN_TOKENS
 
 
 class Settings(BaseSettings):
@@ -24,6 +26,8 @@ class Settings(BaseSettings):
     models: dict[str, Path] = Field(default_factory=dict)  # explicit id -> path registrations
     include_default_model: bool = True
     config_file: Path | None = None
+    data_dir: Path = Path("~/.minerva")  # uploaded files, fine-tuning jobs and their adapters (SQLite + plain files)
+    finetune_threads: int | None = None  # torch threads of a training job; None: half the cores
 
     n_ctx: int | None = None  # tokens per sequence; None: trained length capped by memory
     n_slots: int = 4  # concurrent sequences per loaded GGUF model
@@ -42,6 +46,11 @@ class Settings(BaseSettings):
     keepalive_interval_s: float = 2.0
     responses_store_size: int = Field(default=256, ge=0)  # stored /v1/responses kept (least recently used evicted)
     anthropic_model_map: dict[str, str] = Field(default_factory=dict)  # claude-* name -> model id; unmapped: first chat model
+    default_max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=0)  # output bound of a request that sets none (0: the context end)
+    repetition_guard: Literal["cut", "observe", "off"] = "cut"  # runaway repetition: end the choice, only log it, or ignore
+    repetition_min_tokens: int = Field(default=DEFAULT_MIN_TOKENS, ge=2)  # a runaway's repeating tail covers this many tokens
+    repetition_max_period: int = Field(default=DEFAULT_MAX_PERIOD, ge=1)  # ... of a block at most this long
+    repetition_min_repeats: int = Field(default=DEFAULT_MIN_REPEATS, ge=2)  # ... repeated at least this often
     shutdown_grace_s: float = 30.0
     log_level: str = "info"
 
@@ -59,6 +68,11 @@ class Settings(BaseSettings):
     @classmethod
     def _expand_dirs(cls, value: list[Path]) -> list[Path]:
         return [Path(p).expanduser() for p in value]
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _expand_data_dir(cls, value: Path) -> Path:
+        return Path(value).expanduser()
 
     @field_validator("models", mode="after")
     @classmethod

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import anthropic
 import httpx
 import pytest
 
@@ -147,7 +148,7 @@ def test_thinking_then_text(scripted):
 
 def test_text_then_tool_use_split_across_many_pieces(scripted):
     events = stream_events(scripted, body_for("#text-call", tools=[WEATHER]))
-    # the engine's pieces cut the call everywhere; the hermes parser may hand its arguments on in one fragment
+    # the engine's pieces cut the call everywhere; its arguments stream in pieces as they are generated
     assert [name.rstrip("+") for name in shape(events)] == [
         "message_start", "start:text", "text_delta", "content_block_stop", "start:tool_use", "input_json_delta",
         "content_block_stop", "message_delta", "message_stop"]
@@ -156,15 +157,39 @@ def test_text_then_tool_use_split_across_many_pieces(scripted):
     assert block["content_block"]["id"].startswith("toolu_") and block["content_block"]["input"] == {}
     pieces = [d["delta"]["partial_json"] for n, d in events if n == "content_block_delta"
               and d["delta"]["type"] == "input_json_delta"]
-    assert pieces and all(d["index"] == 1 for n, d in events if n == "content_block_delta"
-                                   and d["delta"]["type"] == "input_json_delta")
-    assert json.loads("".join(pieces)) == CALL_ARGUMENTS
+    assert len(pieces) > 1 and all(d["index"] == 1 for n, d in events if n == "content_block_delta"
+                                            and d["delta"]["type"] == "input_json_delta")
+    assert "".join(pieces) == json.dumps(CALL_ARGUMENTS)  # the arguments exactly as the model wrote them
     assert message_delta(events)["delta"]["stop_reason"] == "tool_use"
     whole = httpx.post(f"http://127.0.0.1:{scripted.port}/v1/messages",
                        json=body_for("#text-call", stream=False, tools=[WEATHER]), timeout=30).json()
     assert [b["type"] for b in whole["content"]] == ["text", "tool_use"] and whole["stop_reason"] == "tool_use"
     assert whole["content"][0]["text"].strip() == "Let me check."
     assert whole["content"][1]["input"] == CALL_ARGUMENTS and whole["content"][1]["id"].startswith("toolu_")
+
+
+def test_the_sdk_reads_the_arguments_in_pieces(scripted):
+    client = anthropic.Anthropic(base_url=f"http://127.0.0.1:{scripted.port}", api_key="k", max_retries=0)
+    with client.messages.stream(model=MODEL, max_tokens=1000, tools=[WEATHER],
+                                messages=[{"role": "user", "content": "#text-call please"}]) as stream:
+        partials = [event.partial_json for event in stream if event.type == "input_json"]
+        final = stream.get_final_message()
+    assert len(partials) > 1 and json.loads("".join(partials)) == CALL_ARGUMENTS
+    assert final.content[1].type == "tool_use" and final.content[1].input == CALL_ARGUMENTS
+
+
+def test_a_call_cut_by_max_tokens_streams_in_part_and_is_left_out_of_the_message(scripted):
+    body = body_for("#text-call", tools=[WEATHER], max_tokens=20)  # 100 characters: inside the arguments
+    events = stream_events(scripted, body)
+    assert shape(events) == ["message_start", "start:text", "text_delta+", "content_block_stop", "start:tool_use",
+                             "input_json_delta+", "content_block_stop", "message_delta", "message_stop"]
+    partial = "".join(d["delta"]["partial_json"] for n, d in events if n == "content_block_delta"
+                      and d["delta"]["type"] == "input_json_delta")
+    assert json.dumps(CALL_ARGUMENTS).startswith(partial) and partial != json.dumps(CALL_ARGUMENTS)
+    assert message_delta(events)["delta"]["stop_reason"] == "max_tokens"
+    whole = httpx.post(f"http://127.0.0.1:{scripted.port}/v1/messages", json={**body, "stream": False},
+                       timeout=30).json()
+    assert [b["type"] for b in whole["content"]] == ["text"] and whole["stop_reason"] == "max_tokens"
 
 
 def test_tool_result_reaches_the_prompt_as_a_tool_response(scripted):

@@ -1,10 +1,12 @@
 """SSE protocol edge cases on the real server stack with a scripted engine: keep-alives, in-band
-errors, UTF-8 split across tokens, and disconnects."""
+errors, UTF-8 split across tokens, tool-call arguments in pieces, and disconnects."""
 
+import json
 import threading
 import time
 
 import httpx
+import openai
 import pytest
 
 from minerva.core.errors import InvalidRequestError
@@ -14,9 +16,15 @@ from tests.scripted_engine import Script, scripted_loader
 
 
 GATE = threading.Event()  # held shut by a test while it checks what arrives before any token
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}, "note": {"type": "string"}}, "required": ["city"]}}}
+CALL_ARGUMENTS = '{"city": "Paris", "note": "arguments long enough to span many pieces"}'
+CALL = f'<tool_call>\n{{"name": "get_weather", "arguments": {CALL_ARGUMENTS}}}\n</tool_call>'.encode()
 
 
 def choose(prompt: str, call: int) -> Script:
+    if "#weather-call" in prompt:  # first: the tool prompt may hold any of the words below
+        return Script([CALL[i:i + 4] for i in range(0, len(CALL), 4)])
     if "slow" in prompt:
         return Script([b"Hello", b" there"], gate=GATE)
     if "fail" in prompt:
@@ -120,3 +128,33 @@ def test_non_streaming_error_is_envelope(scripted):
     crash = httpx.post(scripted.base_url + "/chat/completions", timeout=30,
                        json={"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "crash"}]})
     assert crash.status_code == 500 and crash.json()["error"]["type"] == "server_error"
+
+
+def ask_weather(server, **fields):
+    client = openai.OpenAI(base_url=server.base_url, api_key="k", max_retries=0)
+    return client.chat.completions.create(model="smollm2-135m-instruct", tools=[WEATHER], **fields,
+                                          messages=[{"role": "user", "content": "#weather-call"}])
+
+
+def test_tool_call_arguments_stream_in_pieces(scripted):
+    fragments, finish = [], None
+    for chunk in ask_weather(scripted, stream=True):
+        for delta in chunk.choices[0].delta.tool_calls or () if chunk.choices else ():
+            assert delta.index == 0 and (delta.function.name or "get_weather") == "get_weather"
+            fragments.append(delta.function.arguments)
+        finish = (chunk.choices[0].finish_reason if chunk.choices else None) or finish
+    assert fragments[0] == "" and len(fragments) > 2  # the start, then the arguments as they are generated
+    assert "".join(fragments) == CALL_ARGUMENTS and finish == "tool_calls"
+    whole = ask_weather(scripted).choices[0]
+    assert whole.finish_reason == "tool_calls" and whole.message.tool_calls[0].function.arguments == CALL_ARGUMENTS
+
+
+def test_a_tool_call_cut_by_max_tokens_is_shown_in_part_then_left_out(scripted):
+    fragments, finish = [], None
+    for chunk in ask_weather(scripted, stream=True, max_tokens=20):  # 80 characters: inside the arguments
+        for delta in chunk.choices[0].delta.tool_calls or () if chunk.choices else ():
+            fragments.append(delta.function.arguments)
+        finish = (chunk.choices[0].finish_reason if chunk.choices else None) or finish
+    assert len(fragments) > 1 and CALL_ARGUMENTS.startswith("".join(fragments)) and finish == "length"
+    whole = ask_weather(scripted, max_tokens=20).choices[0]
+    assert whole.finish_reason == "length" and whole.message.tool_calls is None and not whole.message.content

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from minerva.core.errors import ContextLengthExceededError, InvalidRequestError
-from minerva.core.events import ChoiceEnd, ReasoningDelta, StreamFailed, TextDelta, ToolCallArgs, ToolCallStart, Usage
+from minerva.core.events import ChoiceEnd, ReasoningDelta, StreamFailed, TextDelta, ToolCallArgs, ToolCallDropped, \
+    ToolCallStart, Usage
 from minerva.core.requests import (
     ChatRequest,
     CompletionRequest,
@@ -20,9 +21,10 @@ from minerva.core.requests import (
     ToolSpec,
 )
 from minerva.formats.model_info import ModelInfo
-from minerva.generation.chat import chat_events, prepare_chat
+from minerva.generation.chat import ChoiceState, accept_tool_calls, chat_events, prepare_chat
 from minerva.generation.completion import completion_events, prepare_completion
 from minerva.generation.prompt import build_chat_prompt
+from minerva.parsers.registry import get_parser
 from tests.model_fixtures import CHATML_TEMPLATE
 from tests.scripted_engine import Script, ScriptedEngine
 
@@ -107,10 +109,52 @@ def test_a_repeated_tool_call_ends_the_choice_with_one_call():
     events = run_chat(ChatRequest(ASK, tools=(WEATHER,)), engine)
     starts = [e for e in events if isinstance(e, ToolCallStart)]
     args = [e for e in events if isinstance(e, ToolCallArgs)]
-    assert [s.name for s in starts] == ["get_weather"] and [a.fragment for a in args] == ['{"city": "Paris"}']
+    assert [s.name for s in starts] == ["get_weather"] and {a.index for a in args} == {0}
+    assert len(args) > 1 and "".join(a.fragment for a in args) == '{"city": "Paris"}'  # the first call streams
     assert [e for e in events if isinstance(e, ChoiceEnd)] == [ChoiceEnd(0, "tool_calls")]
     assert engine.cancelled == 1  # generation stopped at the repeat, not at max_tokens
     assert not any(isinstance(e, TextDelta) and "more" in e.text for e in events)
+
+
+def weather_call(arguments: str) -> str:
+    return f'<tool_call>{{"name": "get_weather", "arguments": {arguments}}}</tool_call>'
+
+
+def test_a_call_is_held_only_while_it_may_repeat_an_earlier_one():
+    parser = get_parser("hermes")()
+    state = ChoiceState(0)
+    seen = accept_tool_calls(state, parser.feed(weather_call('{"city": "Paris"}') + '<tool_call>{"name": "get_w'))
+    assert [type(e) for e in seen] == [ToolCallStart, ToolCallArgs]  # the first call went out at once
+    assert accept_tool_calls(state, parser.feed('eather", "arguments": {"city": "Par')) == []  # may be a repeat
+    released = accept_tool_calls(state, parser.feed("ma"))  # it is not: all that was held goes out, in order
+    assert [type(e) for e in released] == [ToolCallStart, ToolCallArgs, ToolCallArgs]
+    assert released[0].index == 1 and "".join(e.fragment for e in released[1:]) == '{"city": "Parma'
+    assert accept_tool_calls(state, parser.feed('"}}</tool_call>')) == [ToolCallArgs(1, '"}')]
+    assert not state.repeated_call and state.shown_calls == 2
+
+
+def test_a_streamed_repeat_with_another_name_or_arguments_in_between_is_still_cut():
+    script = Script(pieces(weather_call('{"city": "Paris"}') + weather_call('{"city": "Rome"}')
+                           + weather_call('{"city": "Paris"}') + weather_call('{"city": "Oslo"}'), 3))
+    events = run_chat(ChatRequest(ASK, tools=(WEATHER,)), engine_with(CHATML_TEMPLATE, script))
+    calls = [e for e in events if isinstance(e, ToolCallStart | ToolCallArgs)]
+    shown = {i: "".join(e.fragment for e in calls if isinstance(e, ToolCallArgs) and e.index == i) for i in (0, 1)}
+    assert shown == {0: '{"city": "Paris"}', 1: '{"city": "Rome"}'}
+    assert [e.index for e in calls if isinstance(e, ToolCallStart)] == [0, 1]
+    assert events[-2] == ChoiceEnd(0, "tool_calls")
+
+
+def test_a_call_cut_by_max_tokens_is_shown_then_dropped_and_the_choice_ends_by_length():
+    text = weather_call('{"city": "Paris", "note": "a long argument"}')
+    events = run_chat(ChatRequest(ASK, tools=(WEATHER,), limits=Limits(max_tokens=14)),  # 70 characters
+                      engine_with(CHATML_TEMPLATE, Script(pieces(text))))
+    kinds = [type(e) for e in events]
+    assert kinds[0] is ToolCallStart and kinds.count(ToolCallArgs) > 1
+    assert kinds[-3:] == [ToolCallDropped, ChoiceEnd, Usage] and events[-2] == ChoiceEnd(0, "length")
+    two = run_chat(ChatRequest(ASK, tools=(WEATHER,), logprobs=True, limits=Limits(max_tokens=14, n=2)),
+                   engine_with(CHATML_TEMPLATE, Script(pieces(text))))
+    assert sorted(e.choice for e in two if isinstance(e, ToolCallDropped)) == [0, 1]
+    assert sorted(e.choice for e in two if isinstance(e, ChoiceEnd) and e.reason == "length") == [0, 1]
 
 
 def test_n_choices_are_merged_with_their_index_and_one_usage():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from minerva.core.events import ReasoningDelta, TextDelta, ToolCallArgs, ToolCallStart
+from minerva.core.events import ReasoningDelta, TextDelta, ToolCallArgs, ToolCallDropped, ToolCallStart
 from minerva.parsers.base import (
     ParsedMessage,
     collect_deltas,
@@ -61,10 +61,12 @@ def chunkings(text: str, seed: int) -> list[list[str]]:
 
 
 def check_invariants(deltas: list) -> None:
-    """Ids and names once per call, indices 0, 1, … never backwards, arguments valid JSON."""
+    """Ids and names once per call, indices 0, 1, … never backwards; a dropped call says so at once and last;
+    every other call's arguments valid JSON."""
     started: dict[int, ToolCallStart] = {}
     last_index = -1
     arguments: dict[int, str] = {}
+    dropped: set[int] = set()
     for delta in deltas:
         if isinstance(delta, ToolCallStart):
             assert delta.index == last_index + 1, "indices go 0, 1, … one start each"
@@ -74,12 +76,16 @@ def check_invariants(deltas: list) -> None:
             last_index = delta.index
         elif isinstance(delta, ToolCallArgs):
             assert delta.index == last_index, "arguments follow their own start, never go back"
+            assert delta.index not in dropped and delta.fragment
             arguments[delta.index] = arguments.get(delta.index, "") + delta.fragment
+        elif isinstance(delta, ToolCallDropped):
+            assert delta.index == last_index and delta.index not in dropped
+            dropped.add(delta.index)
         else:
             assert isinstance(delta, TextDelta | ReasoningDelta)
             assert delta.text
     assert len({start.id for start in started.values()}) == len(started)
-    for index in started:
+    for index in started.keys() - dropped:
         assert isinstance(json.loads(arguments[index]), dict)
 
 
@@ -160,6 +166,91 @@ def test_huge_call_streamed_char_by_char_is_linear_enough():
     parser = get_parser("hermes")()
     deltas = stream(parser, list(text))
     assert json.loads(collect_deltas(deltas).tool_calls[0].arguments) == json.loads(body)
+
+
+# ---- arguments stream as they are written ---------------------------------------------------------
+
+RAW_ARGUMENTS = '{ "command" :"echo \\"}\\" </tool_call> [ok]",\n  "nested": {"a": [1, {"b": null}]} }'
+STREAMED_CALLS = [  # (parser, text before the arguments, text after them): one call whose arguments stream
+    ("hermes", 'Sure.\n<tool_call>\n{"name": "bash", "arguments": ', '}\n</tool_call>'),
+    ("hermes", '<tool_call>[{"type": "function", "name": "bash", "parameters": ', '}]</tool_call>'),
+    ("llama3", '{"name": "bash", "parameters": ', '}'),
+    ("llama3", '<|python_tag|>{"name": "bash", "parameters": ', '}'),
+    ("mistral", "[TOOL_CALLS]bash[ARGS]", ""),
+    ("mistral", "[TOOL_CALLS]bash[CALL_ID]a1b2c3d4e[ARGS]", ""),
+    ("mistral", '[TOOL_CALLS][{"name": "bash", "arguments": ', ', "id": "a1b2c3d4e"}]'),
+    ("json", '{"name": "bash", "arguments": ', '}'),
+    ("harmony", "<|start|>assistant<|channel|>commentary to=functions.bash <|constrain|>json<|message|>", "<|call|>"),
+]
+
+
+def fragments_of(deltas: list, index: int = 0) -> list[str]:
+    return [d.fragment for d in deltas if isinstance(d, ToolCallArgs) and d.index == index]
+
+
+@pytest.mark.parametrize(("name", "before", "after"), STREAMED_CALLS)
+def test_arguments_stream_as_the_model_writes_them(name, before, after):
+    text = before + RAW_ARGUMENTS + after
+    for pieces in chunkings(text, seed=7):
+        deltas = stream(get_parser(name)(), pieces)
+        check_invariants(deltas)
+        assert "".join(fragments_of(deltas)) == RAW_ARGUMENTS  # exactly the text written, no more
+        message = collect_deltas(deltas)
+        assert [c.name for c in message.tool_calls] == ["bash"] and message.content in (None, "Sure.")
+        assert json.loads(message.tool_calls[0].arguments) == json.loads(RAW_ARGUMENTS)
+    char_by_char = fragments_of(stream(get_parser(name)(), list(text)))
+    # nothing decided is held back: one fragment per character (harmony holds a "<" that may open <|call|>)
+    held = RAW_ARGUMENTS.count("<") if name == "harmony" else 0
+    assert len(char_by_char) == len(RAW_ARGUMENTS) - held
+
+
+@pytest.mark.parametrize(("name", "before", "after"), STREAMED_CALLS)
+def test_fragments_come_before_the_call_ends_and_never_past_the_arguments(name, before, after):
+    parser = get_parser(name)()
+    head = parser.feed(before + RAW_ARGUMENTS[:10])
+    assert [type(d) for d in head][-2:] == [ToolCallStart, ToolCallArgs] and head[-2].name == "bash"
+    assert head[-1].fragment == RAW_ARGUMENTS[:10]
+    assert fragments_of(parser.feed(RAW_ARGUMENTS[10:])) == [RAW_ARGUMENTS[10:]]
+    assert parser.feed(after) == [] and parser.finish() == []
+
+
+@pytest.mark.parametrize(("name", "before", "after"), STREAMED_CALLS)
+def test_a_call_cut_inside_its_arguments_is_dropped_at_finish(name, before, after):
+    parser = get_parser(name)()
+    shown = parser.feed(before + RAW_ARGUMENTS[:30])
+    assert "".join(fragments_of(shown)) == RAW_ARGUMENTS[:30]
+    assert parser.finish() == [ToolCallDropped(0)]
+    assert collect_deltas(shown + [ToolCallDropped(0)]).tool_calls == ()
+
+
+@pytest.mark.parametrize("text", [
+    '<tool_call>{"arguments": {"command": "ls"}, "name": "bash"}</tool_call>',  # arguments before the name
+    '<tool_call>{"name": "bash", "arguments": "{\\"command\\": \\"ls\\"}"}</tool_call>',  # arguments as a string
+])
+def test_a_call_that_cannot_stream_comes_whole_when_its_region_ends(text):
+    parser = get_parser("hermes")()
+    cut = text.index("</tool_call>")
+    assert parser.feed(text[:cut]) == []
+    deltas = parser.feed(text[cut:])
+    assert [type(d) for d in deltas] == [ToolCallStart, ToolCallArgs]
+    assert deltas[1].fragment == '{"command": "ls"}'
+
+
+def test_arguments_that_prove_not_to_be_json_drop_their_call():
+    parser = get_parser("hermes")()
+    deltas = parser.feed('<tool_call>{"name": "read", "arguments": {path: 1}}</tool_call>Done.')
+    assert [type(d) for d in deltas] == [ToolCallStart, ToolCallArgs, ToolCallDropped, TextDelta]
+    assert collect_deltas(deltas).tool_calls == () and collect_deltas(deltas).content == "Done."
+
+
+def test_streamed_calls_of_several_regions_are_numbered_in_order():
+    text = ('<tool_call>{"name": "a", "arguments": {"x": 1}}</tool_call>\n'
+            '<tool_call>[{"name": "b", "arguments": {"y": 2}}, {"name": "c", "arguments": {}}]</tool_call>')
+    for pieces in chunkings(text, seed=3):
+        deltas = stream(get_parser("hermes")(), pieces)
+        check_invariants(deltas)
+        calls = collect_deltas(deltas).tool_calls
+        assert [(c.name, c.arguments) for c in calls] == [("a", '{"x": 1}'), ("b", '{"y": 2}'), ("c", "{}")]
 
 
 def test_partial_marker_length():

@@ -162,3 +162,16 @@ def test_the_store_evicts_the_least_recently_used(client, default_server):
         assert client.responses.retrieve(third.id).id == third.id
     finally:
         state.responses_store = saved
+
+
+def test_a_custom_tool_with_a_lark_grammar_gets_input_in_its_language(client):
+    from tests.test_freeform_grammar import APPLY_PATCH_LARK, APPLY_PATCH_REGEX
+
+    apply_patch = {"type": "custom", "name": "apply_patch", "description": "Edit files with a patch.",
+                   "format": {"type": "grammar", "syntax": "lark", "definition": APPLY_PATCH_LARK}}
+    task = "Apply this patch:\n*** Begin Patch\n*** Add File: hello.txt\n+Hello\n*** End Patch\n"
+    response = create(client, input=task, tools=[apply_patch], tool_choice={"type": "custom", "name": "apply_patch"},
+                      max_output_tokens=200, parallel_tool_calls=False)
+    calls = [item for item in response.output if item.type == "custom_tool_call"]
+    assert response.status == "completed" and calls and calls[0].name == "apply_patch", response.output
+    assert APPLY_PATCH_REGEX.fullmatch(calls[0].input), calls[0].input

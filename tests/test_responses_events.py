@@ -15,7 +15,7 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 
 from minerva.core.errors import InvalidRequestError
-from minerva.core.events import ChoiceEnd, ToolCallArgs, ToolCallStart, Usage
+from minerva.core.events import ChoiceEnd, ToolCallArgs, ToolCallDropped, ToolCallStart, Usage
 from minerva.dialects.openai_responses.output import ResponseWriter
 from minerva.dialects.openai_responses.protocol import Tool
 from minerva.dialects.openai_responses.tools import tool_set
@@ -144,6 +144,8 @@ def test_reasoning_then_text(scripted):
     assert reasoning["content"][0]["text"].strip() == "A greeting is wanted."
     assert message["content"][0]["text"] == "Hello there!"
     assert reasoning["encrypted_content"]
+    usage = items[-1]["response"]["usage"]  # the thinking's tokens, not the answer's
+    assert 0 < usage["output_tokens_details"]["reasoning_tokens"] < usage["output_tokens"]
     # echoed back statelessly, only through encrypted_content, the reasoning reaches the template again
     engine = scripted.loader.engines[0]
     httpx.post(scripted.base_url + "/responses", timeout=30, json={"model": QWEN3, "store": False, "input": [
@@ -158,7 +160,7 @@ def test_function_call_split_across_pieces(scripted):
     items = events(scripted, input="#call", tools=[WEATHER])
     kinds = types(items)
     deltas = [e["delta"] for e in items if e["type"] == "response.function_call_arguments.delta"]
-    assert deltas and json.loads("".join(deltas)) == {"city": "Paris"}  # the parser sends whole arguments
+    assert len(deltas) > 1 and "".join(deltas) == '{"city": "Paris"}'  # in pieces, exactly as generated
     assert kinds == ["response.created", "response.in_progress", "response.output_item.added",
                      *["response.function_call_arguments.delta"] * len(deltas),
                      "response.function_call_arguments.done", "response.output_item.done", "response.completed"]
@@ -167,6 +169,23 @@ def test_function_call_split_across_pieces(scripted):
     assert done["arguments"] == "".join(deltas) and done["call_id"] == added["call_id"] and "namespace" not in done
     assert items[-3]["arguments"] == done["arguments"]
     assert items[-1]["response"]["output"] == [done]
+
+
+def test_a_call_cut_by_max_output_tokens_ends_incomplete_and_is_left_out(scripted):
+    items = events(scripted, input="#call", tools=[WEATHER], max_output_tokens=12)  # 60 characters: mid-arguments
+    kinds = types(items)
+    deltas = [e["delta"] for e in items if e["type"] == "response.function_call_arguments.delta"]
+    assert kinds == ["response.created", "response.in_progress", "response.output_item.added",
+                     *["response.function_call_arguments.delta"] * len(deltas), "response.output_item.done",
+                     "response.incomplete"]
+    assert len(deltas) > 1 and '{"city": "Paris"}'.startswith("".join(deltas))
+    assert items[-2]["item"]["status"] == "incomplete" and items[-2]["item"]["arguments"] == "".join(deltas)
+    final = items[-1]["response"]
+    assert final["status"] == "incomplete" and final["output"] == []
+    assert final["incomplete_details"] == {"reason": "max_output_tokens"}
+    whole = httpx.post(scripted.base_url + "/responses", timeout=30, json={
+        "model": QWEN3, "input": "#call", "tools": [WEATHER], "max_output_tokens": 12}).json()
+    assert whole["status"] == "incomplete" and whole["output"] == []
 
 
 def test_argument_fragments_each_become_a_delta():
@@ -180,6 +199,20 @@ def test_argument_fragments_each_become_a_delta():
     assert [e["delta"] for e in out if e["type"] == "response.function_call_arguments.delta"] == fragments
     assert out[-2]["item"]["arguments"] == "".join(fragments) and out[-1]["type"] == "response.completed"
     assert writer.assistant_message().tool_calls[0].arguments == "".join(fragments)
+
+
+def test_a_dropped_call_is_no_part_of_the_response_or_of_the_next_turn():
+    writer = ResponseWriter({"id": "resp_1"}, tool_set([Tool(**WEATHER), Tool(**PATCH)]))
+    core = [ToolCallStart(0, "call_1", "get_weather"), ToolCallArgs(0, '{"city": "Paris"}'),
+            ToolCallStart(1, "call_2", "apply_patch"), ToolCallArgs(1, '{"input": "*** Be'), ToolCallDropped(1),
+            ChoiceEnd(0, "length"), Usage(5, 4)]
+    out = writer.opening() + [event for item in core for event in writer.encode(item)]
+    done = [e["item"] for e in out if e["type"] == "response.output_item.done"]
+    assert [(d["type"], d["status"]) for d in done] == [("function_call", "completed"),
+                                                        ("custom_tool_call", "incomplete")]
+    assert done[1]["input"] == "" and "response.custom_tool_call_input.done" not in types(out)
+    assert writer.response["output"] == [done[0]] and out[-1]["type"] == "response.incomplete"
+    assert [call.name for call in writer.assistant_message().tool_calls] == ["get_weather"]
 
 
 def test_a_namespaced_call_comes_back_with_its_namespace(scripted):

@@ -1,4 +1,4 @@
-"""Today's OpenAI wire output, byte for byte: each case of tests/wire_corpus.py against its recording.
+"""Today's wire output of every API, byte for byte: each case of tests/wire_corpus.py against its recording.
 
 After an intended change to the wire output, re-record with `python -m tests.wire_corpus record`
 and review the diff of tests/data/wire_corpus/ like any other change.

@@ -1,4 +1,4 @@
-"""A recorded corpus of minerva's OpenAI wire output, to prove that a refactor keeps it byte for byte.
+"""A recorded corpus of minerva's wire output (OpenAI, Anthropic Messages, Responses), kept byte for byte.
 
 Each case is one HTTP request to one of three in-process servers: ``real`` (the embedded SmolLM2,
 greedy and short, so its text is deterministic), ``scripted`` (the scripted engine, for tool-call
@@ -270,8 +270,70 @@ def locked_cases() -> list[Case]:
     ]
 
 
+ANTHROPIC_WEATHER = {"name": "get_weather", "description": "Get the current weather for a city.",
+                     "input_schema": WEATHER["function"]["parameters"]}
+RESPONSES_WEATHER = {"type": "function", **WEATHER["function"]}
+
+
+def anthropic_body(content: str, model: str = SMOLLM2, max_tokens: int = 12, **fields) -> dict:
+    """A Messages body: greedy, short."""
+    return {"model": model, "max_tokens": max_tokens, "messages": user(content), "temperature": 0, **fields}
+
+
+def responses_body(content: str, model: str = SMOLLM2, max_output_tokens: int = 12, **fields) -> dict:
+    """A Responses body: greedy, short, not stored (a stored response would change the store's state)."""
+    return {"model": model, "input": content, "max_output_tokens": max_output_tokens, "temperature": 0,
+            "store": False, **fields}
+
+
+def anthropic_cases() -> list[Case]:
+    """The Anthropic Messages API: real text, scripted tool use and thinking, errors in its envelope."""
+    messages, count = "/v1/messages", "/v1/messages/count_tokens"
+    forced = {"tools": [ANTHROPIC_WEATHER], "max_tokens": 40,
+              "tool_choice": {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True}}
+    return [
+        post("anthropic_text", "real", messages, anthropic_body("What is the capital of France?")),
+        post("anthropic_text_stream", "real", messages, anthropic_body("What is the capital of Italy?", stream=True)),
+        post("anthropic_stop_sequence", "real", messages,
+             anthropic_body("What is the capital of Spain?", stop_sequences=[" is"])),
+        post("anthropic_forced_tool", "real", messages, anthropic_body("Weather in Oslo?", **forced)),
+        post("anthropic_forced_tool_stream", "real", messages, anthropic_body("Weather in Rome?", stream=True, **forced)),
+        post("anthropic_count_tokens", "real", count,
+             {"model": SMOLLM2, "messages": user("Hello there"), "system": "Be brief."}),
+        post("anthropic_error_unknown_model", "real", messages, anthropic_body("hi", model="no-such-model")),
+        post("anthropic_error_overflow", "real", messages, anthropic_body(LONG_TEXT)),
+        post("anthropic_no_max_tokens", "real", messages, {"model": SMOLLM2, "messages": user("hi"), "temperature": 0}),
+        *scripted_pair("anthropic_scripted_tool_use", messages,
+                       anthropic_body("#text-call", QWEN3, max_tokens=200, tools=[ANTHROPIC_WEATHER])),
+        *scripted_pair("anthropic_scripted_thinking", messages, anthropic_body("#think", QWEN3, max_tokens=200)),
+        *scripted_pair("anthropic_scripted_failure", messages, anthropic_body("#crash", max_tokens=200)),
+    ]
+
+
+def responses_cases() -> list[Case]:
+    """The OpenAI Responses API: real text, scripted calls and reasoning, failures and overflow."""
+    responses = "/v1/responses"
+    return [
+        post("responses_text", "real", responses, responses_body("What is the capital of France?")),
+        post("responses_text_stream", "real", responses, responses_body("What is the capital of Italy?", stream=True)),
+        post("responses_forced_function", "real", responses,
+             responses_body("Weather in Oslo?", tools=[RESPONSES_WEATHER], max_output_tokens=40,
+                            parallel_tool_calls=False, tool_choice={"type": "function", "name": "get_weather"})),
+        post("responses_error_overflow", "real", responses, responses_body(LONG_TEXT)),
+        post("responses_error_overflow_stream", "real", responses, responses_body(LONG_TEXT, stream=True)),
+        post("responses_error_unknown_model", "real", responses, responses_body("hi", model="no-such-model")),
+        Case("responses_error_unknown_id", "real", "GET", "/v1/responses/resp_missing"),
+        *scripted_pair("responses_scripted_text_then_call", responses,
+                       responses_body("#text-call", QWEN3, max_output_tokens=200, tools=[RESPONSES_WEATHER])),
+        *scripted_pair("responses_scripted_reasoning", responses,
+                       responses_body("#think", QWEN3, max_output_tokens=200)),
+        *scripted_pair("responses_scripted_length", responses, responses_body("#words", max_output_tokens=2)),
+        *scripted_pair("responses_scripted_failure", responses, responses_body("#crash", max_output_tokens=200)),
+    ]
+
+
 CASES: tuple[Case, ...] = (*real_chat_cases(), *real_completion_cases(), *real_error_cases(), *scripted_cases(),
-                           *locked_cases())
+                           *locked_cases(), *anthropic_cases(), *responses_cases())
 CASE_NAMES = tuple(case.name for case in CASES)
 assert len(set(CASE_NAMES)) == len(CASE_NAMES), "case names must be unique"
 
@@ -357,13 +419,19 @@ def corpus_servers(workdir: Path) -> Iterator[dict[str, RunningServer]]:
 # digits) are numbered in order of first appearance, so "every chunk shares one id" and "two calls
 # have two ids" still show.
 _RESPONSE_ID = re.compile(rb"(?<![A-Za-z0-9_-])(chatcmpl-|cmpl-)[0-9a-f]{24}(?![0-9A-Za-z])")
-_CALL_ID = re.compile(rb"(?<![A-Za-z0-9_-])(call_)[A-Za-z0-9]{24}(?![0-9A-Za-z])")
+_CALL_ID = re.compile(rb"(?<![A-Za-z0-9_-])(call_|toolu_)[A-Za-z0-9]{24}(?![0-9A-Za-z])")
+# Anthropic message ids (24 hex digits) and Responses ids (response, items: 32 hex digits).
+_MESSAGE_ID = re.compile(rb"(?<![A-Za-z0-9_-])(msg_)[0-9a-f]{24}(?![0-9A-Za-z])")
+_ITEM_ID = re.compile(rb"(?<![A-Za-z0-9_-])(resp_|msg_|rs_|fc_|ctc_)[0-9a-f]{32}(?![0-9A-Za-z])")
 # `created`: a Unix time (responses: now; models: the file's mtime).
-_CREATED = re.compile(rb'("created"\s*:\s*)\d+')
+# Anthropic thinking signatures: keyed by a secret each server process draws.
+_SIGNATURE = re.compile(rb'("signature"\s*:\s*")[0-9a-f]{32}"')
+_CREATED = re.compile(rb'("created(?:_at)?"\s*:\s*)\d+')
 # Timing fields (none today; keys ending _ms, _seconds or _per_second), should a response grow them.
 _TIMING = re.compile(rb'("[A-Za-z0-9_]*(?:_ms|_seconds|_per_second)"\s*:\s*)-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?')
 _REQUEST_ID = re.compile(r"req_[0-9a-f]{16}")
 KEEPALIVE = b": keep-alive"
+ANTHROPIC_PING = b'event: ping\ndata: {"type":"ping"}'  # the Messages API's keep-alive
 _CHOICE_INDEX = re.compile(rb'data: \{.*?"choices":\[\{"index":(\d+),')
 
 
@@ -379,7 +447,7 @@ def _numbered(pattern: re.Pattern[bytes], body: bytes) -> bytes:
 
 
 def _keepalives_collapsed(frames: list[bytes]) -> list[bytes]:
-    """One keep-alive comment before the first event; none after it.
+    """One keep-alive (an SSE comment, or Anthropic's ping event) before the first event; none after it.
 
     How many keep-alives a stream carries depends on timing (one goes out at once, then one per
     idle interval: while the scripted engine waits, or whenever a decode step is slow on a busy
@@ -388,8 +456,8 @@ def _keepalives_collapsed(frames: list[bytes]) -> list[bytes]:
     kept: list[bytes] = []
     seen_data = False
     for frame in frames:
-        if frame == KEEPALIVE:
-            if not seen_data and (not kept or kept[-1] != KEEPALIVE):
+        if frame in (KEEPALIVE, ANTHROPIC_PING):
+            if not seen_data and (not kept or kept[-1] != frame):
                 kept.append(frame)
             continue
         seen_data = True
@@ -430,7 +498,10 @@ def normalise_body(body: bytes, content_type: str) -> bytes:
         body = normalise_sse(body)  # first, so ids are numbered in the normalised order
     body = _numbered(_RESPONSE_ID, body)
     body = _numbered(_CALL_ID, body)
+    body = _numbered(_MESSAGE_ID, body)
+    body = _numbered(_ITEM_ID, body)
     body = _CREATED.sub(rb"\g<1><created>", body)
+    body = _SIGNATURE.sub(rb'\g<1><signature>"', body)
     return _TIMING.sub(rb"\g<1><timing>", body)
 
 

@@ -16,6 +16,8 @@ from minerva.api.streaming import sse_response, with_keepalive
 from minerva.core.events import Event
 from minerva.engine.admission import refuse_when_full
 from minerva.engine.base import Engine
+from minerva.generation.decode import OutputPolicy
+from minerva.generation.repetition import RepetitionLimits
 from minerva.metrics import RequestRecord
 
 DISCONNECT_POLL_S = 0.5
@@ -109,6 +111,16 @@ async def respond(request: Request, model_id: str, stream: bool, open_reply: Rep
             record.outcome = "client_disconnected"
         return Response(status_code=499)
     return JSONResponse(reply.fold(collected))
+
+
+def output_policy(request: Request) -> OutputPolicy:
+    """The server's bounds on this request's output (default max tokens, repetition guard), tagged with its id."""
+    settings = server_state(request).settings
+    guard = settings.repetition_guard
+    limits = None if guard == "off" else RepetitionLimits(
+        settings.repetition_min_tokens, settings.repetition_max_period, settings.repetition_min_repeats)
+    request_id = request.scope.get("state", {}).get("request_id", "-")
+    return OutputPolicy(settings.default_max_tokens or None, limits, guard == "cut", request_id)
 
 
 def session_key_of(request: Request) -> str | None:

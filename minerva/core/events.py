@@ -1,14 +1,16 @@
 """The typed event stream every generation yields and every dialect encodes.
 
 A chat or completion response is a sequence of these events: deltas of text, reasoning and tool
-calls for each choice, one ChoiceEnd per choice, then one Usage; a StreamFailed ends a stream that
-broke after it started. No event knows any wire format.
+calls for each choice (a tool call's arguments in fragments as they are generated; a ToolCallDropped
+takes back a call that never completed), one ChoiceEnd per choice, then one Usage; a StreamFailed
+ends a stream that broke after it started. No event knows any wire format.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from minerva.core.errors import MinervaError
 
@@ -74,6 +76,16 @@ class ToolCallArgs:
     logprobs: Logprobs = ()
 
 
+@dataclass(frozen=True)
+class ToolCallDropped:
+    """A started tool call that is no call after all: its arguments never completed (generation ended inside
+    them) or are not a JSON object. A stream has shown it in part; a whole response leaves it out."""
+
+    index: int
+    choice: int = 0
+    logprobs: Logprobs = ()
+
+
 FinishReason = Literal["end", "stop_sequence", "length", "tool_calls"]
 """Why a choice ended: the model ended its turn, a stop sequence matched, the token budget ran out,
 or it ended by calling tools."""
@@ -95,6 +107,7 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    reasoning_tokens: int = 0  # of completion_tokens, the tokens of reasoning text
 
     @property
     def total_tokens(self) -> int:
@@ -109,10 +122,10 @@ class StreamFailed:
     error: MinervaError
 
 
-ParsedDelta = TextDelta | ReasoningDelta | ToolCallStart | ToolCallArgs
+ParsedDelta = TextDelta | ReasoningDelta | ToolCallStart | ToolCallArgs | ToolCallDropped
 """What an output parser yields: the deltas of one choice."""
 
-Event = TextDelta | ReasoningDelta | ToolCallStart | ToolCallArgs | ChoiceEnd | Usage | StreamFailed
+Event = TextDelta | ReasoningDelta | ToolCallStart | ToolCallArgs | ToolCallDropped | ChoiceEnd | Usage | StreamFailed
 """Anything a generation stream yields."""
 
 OUTPUT_EVENTS = (TextDelta, ReasoningDelta, ToolCallStart, ToolCallArgs)
@@ -123,3 +136,23 @@ def is_output(event: object) -> bool:
     if isinstance(event, TextDelta | ReasoningDelta):
         return bool(event.text)
     return isinstance(event, ToolCallStart | ToolCallArgs)
+
+
+EventT = TypeVar("EventT", bound=Event)
+
+
+def without_dropped_calls(events: Iterable[EventT]) -> list[EventT | TextDelta]:
+    """The events of a whole response less every dropped tool call (its start, its fragments and the drop);
+    the logprobs they carried stay, on empty text deltas."""
+    listed = list(events)
+    dropped = {(event.choice, event.index) for event in listed if isinstance(event, ToolCallDropped)}
+    if not dropped:
+        return listed
+    kept: list[EventT | TextDelta] = []
+    for event in listed:
+        if not isinstance(event, ToolCallStart | ToolCallArgs | ToolCallDropped) or (
+                (event.choice, event.index) not in dropped):
+            kept.append(event)
+        elif event.logprobs:
+            kept.append(TextDelta("", event.choice, event.logprobs))
+    return kept

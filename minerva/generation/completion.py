@@ -10,7 +10,8 @@ from minerva.core.events import ChoiceEnd, Event, StreamFailed, TextDelta, Usage
 from minerva.core.requests import CompletionRequest
 from minerva.engine.base import Engine, GenerationRequest
 from minerva.generation.checks import check_token_ids, refuse_embedding_model
-from minerva.generation.decode import Finished, TextPiece, clamp_max_tokens, generate_choice, merge_choices
+from minerva.generation.decode import Finished, OutputPolicy, TextPiece, clamp_max_tokens, generate_choice, \
+    merge_choices
 from minerva.generation.sampling import sampling_params
 
 
@@ -22,9 +23,11 @@ class PreparedCompletion:
     echoes: tuple[str, ...]  # the prompt text per choice when `echo` is set
     stops: tuple[str, ...]
     want_logprobs: bool
+    policy: OutputPolicy = OutputPolicy()
 
 
-def prepare_completion(request: CompletionRequest, engine: Engine, model_id: str) -> PreparedCompletion:
+def prepare_completion(request: CompletionRequest, engine: Engine, model_id: str,
+                       policy: OutputPolicy = OutputPolicy()) -> PreparedCompletion:
     """Tokenize prompts, check the context and build one generation request per choice (4xx raised here)."""
     refuse_embedding_model(engine, model_id)
     if request.suffix:
@@ -41,14 +44,15 @@ def prepare_completion(request: CompletionRequest, engine: Engine, model_id: str
             check_token_ids(prompt, vocab, "prompt")
             tokens = list(prompt)
             text = b"".join(engine.token_piece(t) for t in tokens).decode("utf-8", errors="replace")
-        budget = clamp_max_tokens(request.limits.max_tokens, len(tokens), engine.n_ctx, "prompt")
+        budget = clamp_max_tokens(request.limits.max_tokens, len(tokens), engine.n_ctx, "prompt",
+                                  policy.default_max_tokens)
         for choice in range(request.limits.n):
             sampling = sampling_params(request.sampling, choice_index=choice, logprobs=want_logprobs,
                                        top_logprobs=request.logprobs or 0)
             generations.append(GenerationRequest(tuple(tokens), budget, sampling, request.session_key,
                                                  request.adapter))
             echoes.append(text if request.echo else "")
-    return PreparedCompletion(tuple(generations), tuple(echoes), request.limits.stop, want_logprobs)
+    return PreparedCompletion(tuple(generations), tuple(echoes), request.limits.stop, want_logprobs, policy)
 
 
 async def completion_events(prepared: PreparedCompletion, engine: Engine) -> AsyncIterator[Event]:
@@ -58,7 +62,7 @@ async def completion_events(prepared: PreparedCompletion, engine: Engine) -> Asy
             yield TextDelta(echo, index)
     prompt_total, completion_total, cached_total = 0, 0, 0
     counted_prompts: set[tuple[int, ...]] = set()
-    streams = [generate_choice(engine, g, prepared.stops) for g in prepared.generations]
+    streams = [generate_choice(engine, g, prepared.stops, prepared.policy) for g in prepared.generations]
     try:
         async for index, event in merge_choices(streams):
             if isinstance(event, TextPiece):

@@ -2,10 +2,17 @@
 
 A parser is created per response. ``feed(text)`` takes the next piece of generated text and
 returns what is decided so far; ``finish()`` flushes the rest at end of generation. Text that could
-still turn into a marker is held back until it is decided, and no longer. A tool call is emitted
-only once it is complete and valid (``ToolCallStart`` then one ``ToolCallArgs`` holding the
-``json.dumps`` of its arguments), so a malformed call can still come back as plain content.
-Parsers yield the core events (minerva.core.events) of choice 0.
+still turn into a marker is held back until it is decided, and no longer.
+
+A tool call streams once its head is certain (for JSON calls: its ``"name"`` is complete and its
+``"arguments"`` object has opened): ``ToolCallStart``, then ``ToolCallArgs`` fragments of the
+arguments object's text exactly as generated, up to its closing brace, so that the fragments
+concatenate to the JSON object the model wrote. A call whose arguments never complete (generation
+ended inside them) or are not a JSON object after all is taken back by a ``ToolCallDropped``; a
+whole response leaves it out. A call that cannot stream (its arguments before its name, or given as
+a JSON string) is emitted whole once its region ends: ``ToolCallStart`` then one ``ToolCallArgs``
+holding the ``json.dumps`` of its arguments; until a region commits to a call it may still come
+back as plain content. Parsers yield the core events (minerva.core.events) of choice 0.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from minerva.core.events import ParsedDelta, ReasoningDelta, TextDelta, ToolCallArgs, ToolCallStart
+from minerva.core.events import ParsedDelta, ReasoningDelta, TextDelta, ToolCallArgs, ToolCallStart, \
+    without_dropped_calls
 from minerva.parsers.json_scan import FoundCall
 
 CALL_ID_ALPHABET = string.ascii_letters + string.digits
@@ -50,11 +58,11 @@ class ParsedMessage:
 
 
 def collect_deltas(deltas: Iterable[ParsedDelta]) -> ParsedMessage:
-    """Fold a stream of deltas into the message a non-streaming response returns."""
+    """Fold a stream of deltas into the message a non-streaming response returns (dropped calls left out)."""
     content: list[str] = []
     reasoning: list[str] = []
     calls: dict[int, list] = {}
-    for delta in deltas:
+    for delta in without_dropped_calls(deltas):
         if isinstance(delta, TextDelta):
             content.append(delta.text)
         elif isinstance(delta, ReasoningDelta):
@@ -152,15 +160,18 @@ class IncrementalParser(ABC):
         """Parse a whole response at once (the same code path as streaming)."""
         return collect_deltas(self.feed(text) + self.finish())
 
-    def _emit_calls(self, calls: list[FoundCall]) -> list[ParsedDelta]:
-        deltas: list[ParsedDelta] = []
+    def _start_call(self, name: str) -> int:
+        """Emit the start of the next tool call; its index."""
+        index = self._next_index
+        self._next_index += 1
+        self._out.append(ToolCallStart(index=index, id=self._id_factory(), name=name))
+        return index
+
+    def _emit_whole_calls(self, calls: list[FoundCall]) -> None:
+        """Emit calls parsed whole: each start, then its arguments in one fragment."""
         for call in calls:
-            index = self._next_index
-            self._next_index += 1
-            deltas.append(ToolCallStart(index=index, id=self._id_factory(), name=call.name))
-            arguments = json.dumps(call.arguments, ensure_ascii=False)
-            deltas.append(ToolCallArgs(index=index, fragment=arguments))
-        return deltas
+            index = self._start_call(call.name)
+            self._out.append(ToolCallArgs(index=index, fragment=json.dumps(call.arguments, ensure_ascii=False)))
 
 
 class PassthroughParser(IncrementalParser):

@@ -6,6 +6,9 @@
     <|call|>                                                       → tool call NAME
     (the recipient may also stand before the channel: ``assistant to=functions.NAME<|channel|>…``)
 
+A call's body is its arguments: once it opens with ``{`` the call starts and the object's text
+streams; a body that is not an object (a JSON string) is decided whole at the end of its message.
+
 openai-harmony's StreamableParser would do this over token ids, but it loads the o200k vocabulary
 from the network on first use (it cannot run offline here) and works on tokens, while engines hand
 us text; these markers are the text of the harmony special tokens.
@@ -18,7 +21,7 @@ import logging
 import re
 from enum import Enum
 
-from minerva.core.events import ReasoningDelta, TextDelta
+from minerva.core.events import ReasoningDelta, TextDelta, ToolCallArgs, ToolCallDropped
 from minerva.parsers.base import (
     IdFactory,
     IncrementalParser,
@@ -26,7 +29,8 @@ from minerva.parsers.base import (
     new_call_id,
     partial_marker_length,
 )
-from minerva.parsers.json_scan import FoundCall, decode_arguments
+from minerva.parsers.call_stream import CallStream, HeadFinder
+from minerva.parsers.json_scan import CallHead, FoundCall, decode_arguments, is_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +66,26 @@ def could_be_header(text: str) -> bool:
     )
 
 
+def function_name(recipient: str) -> str:
+    """The function a message's recipient names (``functions.NAME`` → ``NAME``)."""
+    return recipient[len(FUNCTION_PREFIX) :] if recipient.startswith(FUNCTION_PREFIX) else recipient
+
+
+def arguments_head(name: str) -> HeadFinder:
+    """A call's head in a message to function ``name``: its body's opening brace."""
+
+    def find(text: str, at: int) -> CallHead | None:
+        body = text.lstrip()
+        if not name or not body.startswith("{"):
+            return None
+        return CallHead(name, len(text) - len(body))
+
+    return find
+
+
 def parse_harmony_call(recipient: str, body: str) -> FoundCall | None:
     """The call a commentary message to ``recipient`` makes, or None if its body is not JSON."""
-    name = recipient[len(FUNCTION_PREFIX) :] if recipient.startswith(FUNCTION_PREFIX) else recipient
+    name = function_name(recipient)
     try:
         arguments = decode_arguments(json.loads(body))
     except ValueError:
@@ -88,7 +109,9 @@ class HarmonyParser(IncrementalParser):
         self._state = _State.MESSAGE if starts_in_reasoning else _State.HEADER
         self._channel = "analysis" if starts_in_reasoning else "final"
         self._recipient: str | None = None
-        self._header = ""
+        self._call: CallStream | None = None  # the call of a message to a function, once it streams
+        self._call_index = -1
+        self._searched = 0  # how far a call's body was searched for its end marker
 
     def _finish_held(self) -> None:
         if self._state is _State.MESSAGE:
@@ -110,6 +133,9 @@ class HarmonyParser(IncrementalParser):
             self._buffer = self._buffer[position + len(MESSAGE) :]
             self._channel, self._recipient = parse_header(header)
             self._state = _State.MESSAGE
+            if self._recipient is not None:
+                self._call = CallStream(arguments_head(function_name(self._recipient)))
+                self._searched = 0
             return True
         if not could_be_header(self._buffer):
             # no harmony framing: the model is talking plainly; treat it as the final answer
@@ -119,7 +145,11 @@ class HarmonyParser(IncrementalParser):
         return False
 
     def _step_message(self, final: bool) -> bool:
-        found = find_first_marker(self._buffer, END_MARKERS)
+        found = find_first_marker(self._buffer, END_MARKERS, self._searched if self._recipient else 0)
+        if self._recipient is not None:
+            held = 0 if final else partial_marker_length(self._buffer, END_MARKERS)
+            self._stream_call(found[0] if found else len(self._buffer) - held)
+            self._searched = max(0, len(self._buffer) - max(map(len, END_MARKERS)) + 1)
         if found is not None:
             position, marker = found
             self._end_message(self._buffer[:position])
@@ -127,7 +157,7 @@ class HarmonyParser(IncrementalParser):
             self._state = _State.HEADER
             return True
         if self._recipient is not None or final:
-            return False  # a call's body is decided as a whole; finish() flushes the rest
+            return False  # the rest of a call's body is decided at its end; finish() flushes the rest
         held = partial_marker_length(self._buffer, END_MARKERS)
         self._emit_text(self._buffer[: len(self._buffer) - held])
         self._buffer = self._buffer[len(self._buffer) - held :]
@@ -138,16 +168,42 @@ class HarmonyParser(IncrementalParser):
             analysis = self._channel == "analysis"
             self._out.append(ReasoningDelta(text) if analysis else TextDelta(text))
 
+    def _stream_call(self, end: int) -> None:
+        """Start the call once its body opens an object, and hand on its arguments' text up to ``end``."""
+        call = self._call
+        if call is None:
+            return
+        if not call.in_arguments:
+            if call.streamed:
+                return  # the arguments closed; what is left before the end marker is no argument text
+            name = call.head(self._buffer[:end])
+            if name is None:
+                return
+            self._call_index = self._start_call(name)
+        fragment, arguments = call.arguments(self._buffer, end)
+        if fragment:
+            self._out.append(ToolCallArgs(self._call_index, fragment))
+        if arguments is not None and not is_json_object(arguments):
+            logger.debug("harmony call to %s: arguments not a JSON object; the call is dropped", self._recipient)
+            self._out.append(ToolCallDropped(self._call_index))
+
     def _end_message(self, text: str) -> None:
         if self._recipient is None:
             self._emit_text(text)
+            return
+        streamed, self._call = self._call, None
+        if streamed is not None and streamed.streamed:
+            if streamed.in_arguments:
+                logger.debug("harmony call to %s ended inside its arguments; the call is dropped", self._recipient)
+                self._out.append(ToolCallDropped(self._call_index))
+            self._recipient = None
             return
         call = parse_harmony_call(self._recipient, text.strip())
         if call is None:
             logger.debug("harmony call to %s did not parse; returned as content", self._recipient)
             self._out.append(TextDelta(text))
         else:
-            self._out.extend(self._emit_calls([call]))
+            self._emit_whole_calls([call])
         self._recipient = None
 
 

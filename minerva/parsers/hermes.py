@@ -6,7 +6,7 @@ way; Qwen3 also thinks in ``<think>`` tags, so reasoning is on by default.
 
 from __future__ import annotations
 
-from minerva.parsers.json_scan import FoundCall, calls_from_json
+from minerva.parsers.json_scan import FoundCall, calls_from_json, json_call_head
 from minerva.parsers.markup import MarkupParser, ToolMarker, ToolSyntax
 from minerva.parsers.think import THINK
 
@@ -18,7 +18,7 @@ def parse_hermes_region(body: str, marker: ToolMarker | None) -> list[FoundCall]
     return calls_from_json(body.strip())
 
 
-HERMES_SYNTAX = ToolSyntax(markers=(TOOL_CALL,), parse_region=parse_hermes_region)
+HERMES_SYNTAX = ToolSyntax(markers=(TOOL_CALL,), parse_region=parse_hermes_region, call_head=json_call_head)
 
 
 class HermesParser(MarkupParser):

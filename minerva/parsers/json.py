@@ -6,7 +6,7 @@ An object is a call only if its keys are those of a call (name, arguments/parame
 
 from __future__ import annotations
 
-from minerva.parsers.json_scan import FoundCall, calls_from_json
+from minerva.parsers.json_scan import FoundCall, calls_from_json, json_call_head
 from minerva.parsers.markup import MarkupParser, ToolMarker, ToolSyntax
 
 
@@ -15,7 +15,7 @@ def parse_json_region(body: str, marker: ToolMarker | None) -> list[FoundCall] |
     return calls_from_json(body.strip())
 
 
-JSON_SYNTAX = ToolSyntax(markers=(), parse_region=parse_json_region, bare_json=True)
+JSON_SYNTAX = ToolSyntax(markers=(), parse_region=parse_json_region, bare_json=True, call_head=json_call_head)
 
 
 class JsonCallParser(MarkupParser):

@@ -1,8 +1,9 @@
-"""Tool calls written as JSON: argument decoding, call objects, and where a JSON value ends."""
+"""Tool calls written as JSON: argument decoding, call objects, call heads, and where a JSON value ends."""
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 # keys a tool call object may carry; anything else means the JSON is not a call
@@ -45,6 +46,47 @@ def call_from_object(
     return FoundCall(name=name.strip(), arguments=arguments)
 
 
+def is_json_object(text: str) -> bool:
+    """Whether ``text`` is one whole JSON object."""
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class CallHead:
+    """The certain beginning of a call being written: its name and where its arguments object opens."""
+
+    name: str
+    arguments_at: int  # index of the arguments' opening brace
+    opens_array: bool = False  # the call is the first element of an array of calls
+
+
+_WS = r"[ \t\r\n]*"
+_STRING = r'"(?:[^"\\]|\\.)*"'
+_PAIR = rf'"(?:id|type)"{_WS}:{_WS}{_STRING}{_WS},{_WS}'  # an id or type before the arguments
+_HEAD = (rf'\{{{_WS}(?:{_PAIR})*"name"{_WS}:{_WS}(?P<name>{_STRING}){_WS},{_WS}(?:{_PAIR})*'
+         rf'"(?:arguments|parameters)"{_WS}:{_WS}(?=\{{)')
+_FIRST_HEAD = re.compile(rf"{_WS}(?P<array>\[)?{_WS}{_HEAD}")
+_NEXT_HEAD = re.compile(rf'{_WS}(?:,{_WS}"(?:id|type)"{_WS}:{_WS}{_STRING}{_WS})*\}}{_WS},{_WS}{_HEAD}')
+
+
+def json_call_head(text: str, at: int) -> CallHead | None:
+    """The head ``{"name": "...", "arguments": {`` of a call object at ``at``: a region's first call (at 0,
+    perhaps opening an array), or the next element of the array after the previous call's arguments."""
+    match = (_FIRST_HEAD if at == 0 else _NEXT_HEAD).match(text, at)
+    if match is None:
+        return None
+    try:
+        name = json.loads(match.group("name")).strip()
+    except ValueError:
+        return None
+    if not name:
+        return None
+    return CallHead(name, match.end(), opens_array=at == 0 and match.group("array") is not None)
+
+
 def calls_from_json(text: str) -> list[FoundCall] | None:
     """Calls from a JSON call object or a non-empty array of them; None for anything else."""
     try:
@@ -61,14 +103,14 @@ def calls_from_json(text: str) -> list[FoundCall] | None:
 class JsonValueScanner:
     """Finds, incrementally, where the first JSON object or array in a text ends."""
 
-    def __init__(self, max_lead: int = 200, lead_markers: tuple[str, ...] = ()):
+    def __init__(self, max_lead: int = 200, lead_markers: tuple[str, ...] = (), start: int = 0):
         self._lead_markers = lead_markers  # bracketed markers allowed before the value
         self._depth = 0
         self._in_string = False
         self._escaped = False
         self._started = False
-        self._seen = 0
-        self._max_lead = max_lead
+        self._seen = start  # where the text is read from
+        self._max_lead = start + max_lead
         self.failed = False
 
     @property
@@ -76,10 +118,11 @@ class JsonValueScanner:
         """Whether a JSON value has begun (so an unfinished one is a cut value, not plain text)."""
         return self._started
 
-    def scan(self, text: str) -> int | None:
-        """Scan the new end of ``text`` (the whole text so far); the end index once complete."""
+    def scan(self, text: str, end: int | None = None) -> int | None:
+        """Scan the new end of ``text`` (the whole text so far, read up to ``end``); the value's end index once complete."""
         index = self._seen
-        while index < len(text):
+        stop = len(text) if end is None else end
+        while index < stop:
             char = text[index]
             index += 1
             if not self._started:
@@ -97,7 +140,7 @@ class JsonValueScanner:
                     self._depth = 1
                 elif index > self._max_lead:
                     self.failed = True
-                    self._seen = len(text)
+                    self._seen = stop
                     return None
                 continue
             if self._in_string:
@@ -116,5 +159,5 @@ class JsonValueScanner:
                 if self._depth == 0:
                     self._seen = index
                     return index
-        self._seen = len(text)
+        self._seen = stop
         return None

@@ -6,7 +6,7 @@ alone (several separated by ``;``); the ``<|python_tag|>`` form is used with bui
 
 from __future__ import annotations
 
-from minerva.parsers.json_scan import FoundCall, calls_from_json
+from minerva.parsers.json_scan import FoundCall, calls_from_json, json_call_head
 from minerva.parsers.markup import MarkupParser, ToolMarker, ToolSyntax
 
 PYTHON_TAG = ToolMarker(open="<|python_tag|>", close=None)
@@ -18,7 +18,8 @@ def parse_llama3_region(body: str, marker: ToolMarker | None) -> list[FoundCall]
 
 
 LLAMA3_SYNTAX = ToolSyntax(
-    markers=(PYTHON_TAG,), parse_region=parse_llama3_region, bare_json=True, separators=";"
+    markers=(PYTHON_TAG,), parse_region=parse_llama3_region, bare_json=True, separators=";",
+    call_head=json_call_head,
 )
 
 

@@ -7,9 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from minerva.core.events import ReasoningDelta, TextDelta
+from minerva.core.events import ReasoningDelta, TextDelta, ToolCallArgs, ToolCallDropped
 from minerva.parsers.base import IdFactory, IncrementalParser, find_first_marker, new_call_id, partial_marker_length
-from minerva.parsers.json_scan import FoundCall, JsonValueScanner
+from minerva.parsers.call_stream import CallStream, HeadFinder
+from minerva.parsers.json_scan import FoundCall, JsonValueScanner, is_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class ToolSyntax:
     bare_json: bool = False  # a JSON value where an answer starts may be a call (no marker)
     lead_markers: tuple[str, ...] = ()  # bracketed markers that may precede a region's JSON
     separators: str = ""  # characters dropped between consecutive calls, e.g. ";"
+    call_head: HeadFinder | None = None  # where a call's head is certain, so its arguments can stream
 
 
 class _Mode(Enum):
@@ -51,7 +53,8 @@ class MarkupParser(IncrementalParser):
 
     Whitespace is held until the next visible character decides it: the whitespace after a call or
     after reasoning is dropped, the whitespace before a call is kept only if content follows the
-    call, and leading whitespace before the first call or reasoning is dropped.
+    call, and leading whitespace before the first call or reasoning is dropped. Inside a region,
+    calls stream as the syntax's ``call_head`` finds them; the rest of the region is decided whole.
     """
 
     tool_syntax: ToolSyntax | None = None
@@ -75,6 +78,8 @@ class MarkupParser(IncrementalParser):
         self._after_call = False
         self._region: ToolMarker | None = None
         self._region_scanner: JsonValueScanner | None = None
+        self._calls: CallStream | None = None  # the region's streamed calls
+        self._call_index = -1  # the index of the call being streamed
         self._searched = 0  # how far the buffer was searched for a closing marker
 
     def _finish_held(self) -> None:
@@ -177,12 +182,46 @@ class MarkupParser(IncrementalParser):
         lead = self.tool_syntax.lead_markers if self.tool_syntax else ()
         json_ended = marker is None or marker.close is None
         self._region_scanner = JsonValueScanner(lead_markers=lead) if json_ended else None
+        head = self.tool_syntax.call_head if self.tool_syntax else None
+        self._calls = CallStream(head) if head else None
+
+    def _streamed(self) -> int:
+        return self._calls.streamed if self._calls else 0
+
+    def _stream_calls(self) -> None:
+        """Start each call whose head the region's text now completes, and hand on its argument text."""
+        calls = self._calls
+        if calls is None:
+            return
+        while True:
+            if not calls.in_arguments:
+                name = calls.head(self._buffer)
+                if name is None:
+                    return
+                if not self._shown_content:
+                    self._pending_space = ""  # blank lines before the first call are nobody's content
+                self._call_index = self._start_call(name)
+            fragment, arguments = calls.arguments(self._buffer)
+            if fragment:
+                self._out.append(ToolCallArgs(self._call_index, fragment))
+            if arguments is None:
+                return
+            if not is_json_object(arguments):
+                logger.debug("a streamed tool call's arguments are not a JSON object; the call is dropped")
+                self._out.append(ToolCallDropped(self._call_index))
 
     def _step_tool(self, final: bool) -> bool:
+        self._stream_calls()
         marker = self._region
+        if self._calls is not None and self._calls.in_arguments:  # a region cannot end inside arguments
+            if final:
+                self._end_unclosed_region(marker.close if marker else None)
+                return True
+            return False
         if self._region_scanner is None:
             assert marker is not None and marker.close is not None
-            position = self._buffer.find(marker.close, self._searched)
+            start = max(self._searched, self._calls.tail_start if self._calls else 0)
+            position = self._buffer.find(marker.close, start)
             if position < 0:
                 self._searched = max(0, len(self._buffer) - len(marker.close) + 1)
                 if final:
@@ -195,7 +234,7 @@ class MarkupParser(IncrementalParser):
             return True
         end = self._region_scanner.scan(self._buffer)
         if end is None:
-            if final and marker is not None and self._region_scanner.started:
+            if final and self._region_scanner.started and (marker is not None or self._streamed()):
                 self._end_unclosed_region(None)
                 return True
             if final or self._region_scanner.failed:
@@ -210,6 +249,10 @@ class MarkupParser(IncrementalParser):
     def _close_region(self, body: str) -> None:
         assert self.tool_syntax is not None
         calls = self.tool_syntax.parse_region(body, self._region)
+        streamed = self._streamed()
+        if streamed:  # a region that streamed calls is one: the rest of it holds only calls or nothing
+            self._accept_calls((calls or [])[streamed:])
+            return
         if not calls:
             logger.debug("tool call region did not parse; its text (without markers) returned as content")
             self._mode = _Mode.CONTENT
@@ -230,6 +273,13 @@ class MarkupParser(IncrementalParser):
         self._buffer = ""
         self._region_scanner = None
         calls = self.tool_syntax.parse_region(body, self._region)
+        streamed = self._streamed()
+        if streamed:
+            if self._calls is not None and self._calls.in_arguments:
+                logger.debug("generation ended inside a tool call's arguments; the call is dropped")
+                self._out.append(ToolCallDropped(self._call_index))
+            self._accept_calls((calls or [])[streamed:])
+            return
         if calls:
             self._accept_calls(calls)
             return
@@ -241,9 +291,10 @@ class MarkupParser(IncrementalParser):
     def _accept_calls(self, calls: list[FoundCall]) -> None:
         if not self._shown_content:
             self._pending_space = ""  # blank lines before the first call are nobody's content
-        self._out.extend(self._emit_calls(calls))
+        self._emit_whole_calls(calls)
         self._mode = _Mode.CONTENT
         self._region = None
+        self._calls = None
         self._segment_start = True
         self._after_call = True
 
@@ -252,4 +303,5 @@ class MarkupParser(IncrementalParser):
         self._mode = _Mode.CONTENT
         self._region = None
         self._region_scanner = None
+        self._calls = None
         self._segment_start = False

@@ -7,8 +7,9 @@ Magistral reasons between ``[THINK]`` and ``[/THINK]``.
 from __future__ import annotations
 
 import json
+import re
 
-from minerva.parsers.json_scan import FoundCall, calls_from_json, decode_arguments
+from minerva.parsers.json_scan import CallHead, FoundCall, calls_from_json, decode_arguments, json_call_head
 from minerva.parsers.markup import MarkupParser, ReasoningMarkers, ToolMarker, ToolSyntax
 
 TOOL_CALLS = ToolMarker(open="[TOOL_CALLS]", close=None)
@@ -37,10 +38,22 @@ def parse_mistral_region(body: str, marker: ToolMarker | None) -> list[FoundCall
     return [FoundCall(name=name, arguments=arguments)]
 
 
+_NAMED_HEAD = re.compile(r"[ \t\r\n]*(?P<name>[^\s\[\]{}\"]+)[ \t\r\n]*(?:\[CALL_ID\][^\[]*)?\[ARGS\][ \t\r\n]*(?=\{)")
+
+
+def mistral_call_head(text: str, at: int) -> CallHead | None:
+    """A call's head in a ``[TOOL_CALLS]`` region: ``name[ARGS]{`` (v11+), else a JSON call object's."""
+    match = _NAMED_HEAD.match(text) if at == 0 else None
+    if match is not None:
+        return CallHead(match.group("name"), match.end())
+    return json_call_head(text, at)
+
+
 MISTRAL_SYNTAX = ToolSyntax(
     markers=(TOOL_CALLS,),
     parse_region=parse_mistral_region,
     lead_markers=(ARGS_MARKER, CALL_ID_MARKER),
+    call_head=mistral_call_head,
 )
 
 

@@ -16,8 +16,10 @@ from minerva.core.events import (
     StreamFailed,
     TextDelta,
     ToolCallArgs,
+    ToolCallDropped,
     ToolCallStart,
     Usage,
+    without_dropped_calls,
 )
 
 STOP_REASONS: dict[FinishReason, str] = {"end": "end_turn", "stop_sequence": "stop_sequence", "length": "max_tokens",
@@ -121,6 +123,8 @@ class MessageEncoder:
                 return []
             index = self.tool_blocks.get(event.index, self.blocks - 1)
             return [_delta(index, {"type": "input_json_delta", "partial_json": event.fragment})]
+        if isinstance(event, ToolCallDropped):  # its block ends where it was cut; stop_reason says why
+            return self._close() if self.tool_blocks.get(event.index) == self.blocks - 1 else []
         if isinstance(event, ChoiceEnd):
             self.stop_reason = STOP_REASONS[event.reason]
             self.stop_sequence = event.stop_sequence
@@ -160,12 +164,13 @@ def accumulate(message: dict[str, Any] | None, name: str, data: dict[str, Any]) 
 
 
 def fold_message(header: MessageHeader, events: Iterable[Event]) -> dict[str, Any]:
-    """The non-streamed `message` of a whole event stream: the fold of its stream events; a failure raises."""
+    """The non-streamed `message` of a whole event stream (less dropped calls): the fold of its stream events;
+    a failure raises."""
     encoder = MessageEncoder(header)
     message: dict[str, Any] | None = None
     for name, data in encoder.opening():
         message = accumulate(message, name, data)
-    for event in events:
+    for event in without_dropped_calls(events):
         if isinstance(event, StreamFailed):
             raise event.error
         for name, data in encoder.encode(event):

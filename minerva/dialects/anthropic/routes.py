@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from minerva.api.errors import Dialect
-from minerva.api.responding import GenerationReply, respond
+from minerva.api.responding import GenerationReply, output_policy, respond
 from minerva.api.state import server_state
 from minerva.core.errors import ContextLengthExceededError
 from minerva.dialects.anthropic.convert import chat_request_from, session_key
@@ -38,7 +38,7 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     chat = chat_request_from(body, session_key(body, request.headers.get(SESSION_HEADER)))
 
     def open_reply(engine: Engine, local_id: str) -> GenerationReply:
-        prepared = prepare_chat(chat, engine, local_id)
+        prepared = prepare_chat(chat, engine, local_id, output_policy(request))
         header = MessageHeader(new_message_id(), body.model, len(prepared.generations[0].prompt_tokens))
         return GenerationReply(chat_events(prepared, engine), functools.partial(anthropic_sse, MessageEncoder(header)),
                                functools.partial(fold_message, header))

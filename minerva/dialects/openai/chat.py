@@ -12,8 +12,10 @@ from minerva.core.events import (
     StreamFailed,
     TextDelta,
     ToolCallArgs,
+    ToolCallDropped,
     ToolCallStart,
     Usage,
+    without_dropped_calls,
 )
 from minerva.dialects.openai.shapes import FINISH_REASONS, ResponseHeader, logprob_entry, usage_dict
 
@@ -56,6 +58,8 @@ class ChatChunkEncoder:
         if isinstance(event, ToolCallArgs):
             call = {"index": event.index, "function": {"arguments": event.fragment}}
             return self._delta(event.choice, {"tool_calls": [call]}, event.logprobs)
+        if isinstance(event, ToolCallDropped):  # a chunk cannot take back what was sent; the finish reason says why
+            return self._delta(event.choice, {}, event.logprobs) if event.logprobs else None
         if isinstance(event, ChoiceEnd):
             return self.header.chunk([{"index": event.choice, "delta": {}, "logprobs": None,
                                        "finish_reason": FINISH_REASONS[event.reason]}])
@@ -102,10 +106,10 @@ class _ChoiceFold:
 
 
 def fold_chat_completion(header: ResponseHeader, n: int, events: Iterable[Event]) -> dict:
-    """The non-streamed chat.completion object of a whole event stream; a failure raises its error."""
+    """The non-streamed chat.completion object of a whole event stream (less dropped calls); a failure raises."""
     choices = [_ChoiceFold() for _ in range(n)]
     usage = None
-    for event in events:
+    for event in without_dropped_calls(events):
         if isinstance(event, StreamFailed):
             raise event.error
         if isinstance(event, Usage):

@@ -7,7 +7,16 @@ import uuid
 from typing import Any
 
 from minerva.core.errors import ContextLengthExceededError, MinervaError
-from minerva.core.events import ChoiceEnd, Event, ReasoningDelta, TextDelta, ToolCallArgs, ToolCallStart, Usage
+from minerva.core.events import (
+    ChoiceEnd,
+    Event,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallArgs,
+    ToolCallDropped,
+    ToolCallStart,
+    Usage,
+)
 from minerva.core.requests import Message, ToolCall
 from minerva.dialects.openai_responses.convert import encrypt_reasoning
 from minerva.dialects.openai_responses.tools import CUSTOM_INPUT, ToolSet
@@ -22,7 +31,7 @@ def usage_object(usage: Usage) -> dict:
     """The Responses `usage` of a core Usage."""
     details = {"cached_tokens": usage.cached_tokens, "cache_write_tokens": 0}  # no billed cache writes here
     return {"input_tokens": usage.prompt_tokens, "input_tokens_details": details,
-            "output_tokens": usage.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens": usage.completion_tokens, "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
             "total_tokens": usage.total_tokens}
 
 
@@ -56,6 +65,7 @@ class _Item:
         self.text: list[str] = []
         self.call = call
         self.tool = tools.lookup(call.name) if call is not None and tools is not None else None
+        self.dropped = False  # a call taken back: shown in the stream as incomplete, no part of the response
 
     @property
     def joined(self) -> str:
@@ -80,7 +90,7 @@ class _Item:
         assert self.call is not None and self.tool is not None
         item = {"id": self.id, "type": self.kind, "status": status, "call_id": self.call.id, "name": self.tool.name}
         if self.kind == "custom_tool_call":
-            item["input"] = _custom_input(self.joined) if done else ""
+            item["input"] = _custom_input(self.joined) if done and not self.dropped else ""
         else:
             item["arguments"] = self.joined if done else ""
         if self.tool.namespace:
@@ -141,6 +151,8 @@ class ResponseWriter:
         elif item.kind == "reasoning":
             events += [self._event("response.reasoning_text.done", **where, content_index=0, text=item.joined),
                        self._event("response.content_part.done", **where, content_index=0, part=item.part())]
+        elif item.dropped:
+            pass  # a call taken back: its arguments never were done
         elif item.kind == "function_call":
             events.append(self._event("response.function_call_arguments.done", **where, name=item.tool.name,
                                       arguments=item.joined))
@@ -149,7 +161,8 @@ class ResponseWriter:
             events += [self._event("response.custom_tool_call_input.delta", **where, delta=value),
                        self._event("response.custom_tool_call_input.done", **where, input=value)]
         body = item.body(status, self.encrypted, done=True)
-        self.response["output"].append(body)
+        if not item.dropped:
+            self.response["output"].append(body)
         events.append(self._event("response.output_item.done", output_index=item.index, item=body))
         return events
 
@@ -193,6 +206,12 @@ class ResponseWriter:
                 return []  # a custom tool's input is sent whole once its call is complete
             return [self._event("response.function_call_arguments.delta", item_id=item.id,
                                 output_index=item.index, delta=event.fragment)]
+        if isinstance(event, ToolCallDropped):
+            item = self.open
+            if item is None or item.call is None or item.call.index != event.index:
+                return []
+            item.dropped = True
+            return self._close("incomplete")
         if isinstance(event, ChoiceEnd):
             self.end = event
             events = []
@@ -227,7 +246,7 @@ class ResponseWriter:
     def assistant_message(self) -> Message:
         """What the model said, as the core message a later turn continues from."""
         calls = tuple(ToolCall(item.call.name, item.joined or "{}", item.call.id)
-                      for item in self.items if item.call is not None)
+                      for item in self.items if item.call is not None and not item.dropped)
         text = "".join(item.joined for item in self.items if item.kind == "message")
         reasoning = "".join(item.joined for item in self.items if item.kind == "reasoning") or None
         return Message("assistant", text, calls, reasoning=reasoning)

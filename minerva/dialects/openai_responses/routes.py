@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from minerva.api.errors import Dialect
-from minerva.api.responding import GenerationReply, respond, session_key_of
+from minerva.api.responding import GenerationReply, output_policy, respond, session_key_of
 from minerva.api.state import server_state
 from minerva.core.errors import ContextLengthExceededError, NotFoundError
 from minerva.core.events import Event, StreamFailed
@@ -81,7 +81,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
                 store.put(done.response["id"], StoredResponse(done.response, conversation))
 
         try:
-            events = chat_events(prepare_chat(converted.request, engine, model_id), engine)
+            events = chat_events(prepare_chat(converted.request, engine, model_id, output_policy(request)), engine)
         except ContextLengthExceededError as exc:
             if not body.stream:
                 raise
