@@ -1,4 +1,4 @@
-"""The `minerva` command: serve | models | inspect | demo | opencode-config | claude-config | codex-config."""
+"""The `minerva` command: serve | models | inspect | jobs | demo | opencode-config | claude-config | codex-config."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from minerva.core.errors import MinervaError
+from minerva.core.errors import InvalidRequestError, MinervaError
 from minerva.settings import Settings, build_settings, parse_model_registration
 
 logger = logging.getLogger("minerva")
@@ -53,9 +54,10 @@ def _derive(path: Path) -> str:
 FORCED_EXIT_CODE = 128 + signal.SIGINT  # what a shell reports for a process ended by Ctrl+C
 
 
-def _graceful_server(config):
+def _graceful_server(config, on_listening: Callable[[int], None] | None = None):
     """A uvicorn.Server whose SIGTERM/SIGINT drains in-flight requests (up to the config's graceful
     timeout) and then returns normally, so the process exits 0; a second SIGINT exits at once.
+    `on_listening(port)` runs once the socket listens (after the app's start-up completed).
 
     Stock uvicorn re-raises the caught signal after draining, which would end the process by
     SIGTERM (status -15) rather than 0, and its forced exit still waits on the model's threads.
@@ -63,6 +65,12 @@ def _graceful_server(config):
     import uvicorn
 
     class GracefulServer(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and on_listening is not None:
+                bound = [sock.getsockname() for server in self.servers for sock in server.sockets]
+                on_listening(bound[0][1] if bound else self.config.port)
+
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             if threading.current_thread() is not threading.main_thread():
@@ -90,6 +98,63 @@ def _graceful_server(config):
     return GracefulServer(config)
 
 
+def browsable_root(host: str, port: int) -> str:
+    """The server's root URL as a user opens it: a wildcard bind address becomes localhost."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+CONFIG_COMMANDS = (("opencode-config", "/v1"), ("claude-config", ""), ("codex-config", "/v1"))
+"""The client-config commands and the path their --base-url takes after the server's root."""
+
+
+BANNER_ROUTES = (("GET", "/"), ("POST", "/v1/messages"), ("GET", "/api/tags"))
+"""The routes whose presence the banner reports: the web page, the Anthropic API, the Ollama API."""
+
+
+def _serves(app, method: str, path: str) -> bool:
+    """Whether the app has a route for this request."""
+    from starlette.routing import Match
+
+    scope = {"type": "http", "method": method, "path": path, "root_path": "", "query_string": b"", "headers": []}
+    return any(route.matches(scope)[0] is Match.FULL for route in app.router.routes)
+
+
+def startup_banner(root: str, paths: set[str], model_flags: list[str], name_base_url: bool) -> str:
+    """What a user needs once the server listens: the URLs that exist on it and the client-config commands."""
+    urls = []
+    if "/" in paths:
+        urls.append(("web page", f"{root}/"))
+    urls.append(("OpenAI base URL", f"{root}/v1"))
+    if "/v1/messages" in paths:
+        urls.append(("Anthropic base URL", f"{root}  (ANTHROPIC_BASE_URL: the root, without /v1)"))
+    if "/api/tags" in paths:
+        urls.append(("Ollama host", f"{root}  (OLLAMA_HOST)"))
+    width = max(len(label) for label, _ in urls)
+    lines = ["minerva is listening:", *(f"  {label:<{width}}  {url}" for label, url in urls), "client configs:"]
+    for name, suffix in CONFIG_COMMANDS:
+        flags = [*model_flags, *(["--base-url", root + suffix] if name_base_url else [])]
+        lines.append("  " + shlex.join(["minerva", name, *flags]))
+    return "\n".join(lines)
+
+
+def _model_flags(args: argparse.Namespace) -> list[str]:
+    """The serve flags that choose its models, so a *-config command describes the same ones."""
+    flags: list[str] = []
+    if args.config:
+        flags += ["--config", str(args.config)]
+    for directory in args.models_dirs or ():
+        flags += ["--models-dir", str(directory)]
+    for model in args.model_flags:
+        flags += ["--model", model]
+    if args.no_default_model:
+        flags.append("--no-default-model")
+    return flags
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the HTTP server."""
     import uvicorn
@@ -104,11 +169,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logger.warning("binding %s without an API key: anyone who can reach this address can use the models "
                        "(set --api-key or MINERVA_API_KEYS)", settings.host)
     app = create_app(settings)
-    logger.info("minerva serving on http://%s:%d/v1", settings.host, settings.port)
+    paths = {path for method, path in BANNER_ROUTES if _serves(app, method, path)}
+
+    default_root = browsable_root(Settings.model_fields["host"].default, Settings.model_fields["port"].default)
+
+    def announce(port: int) -> None:
+        root = browsable_root(settings.host, port)
+        logger.info("%s", startup_banner(root, paths, _model_flags(args), name_base_url=root != default_root))
+
     grace = settings.shutdown_grace_s  # uvicorn annotates an int but waits any number of seconds
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             timeout_graceful_shutdown=grace, access_log=False)  # type: ignore[arg-type]
-    _graceful_server(config).run()
+    _graceful_server(config, announce).run()
     logger.info("minerva stopped")
     return 0
 
@@ -170,14 +242,27 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2, default=str))
         return 0
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=str(args.path), show_header=False)
+    table = Table(title=Text(str(args.path)), show_header=False)
     for key, value in data.items():
         if key == "chat_template" and value:
             value = f"{len(value)} characters"
-        table.add_row(key, str(value))
+        table.add_row(key, Text(display_value(value)))  # Text: a path's brackets are not markup
     _console().print(table)
     return 0
+
+
+def display_value(value: object) -> str:
+    """A field as a person reads it: paths as paths, one item per line, key-value pairs as `key: value`."""
+    if value is None:
+        return "-"
+    if isinstance(value, (tuple, list)):
+        if not value:
+            return "-"
+        return "\n".join(f"{item[0]}: {display_value(item[1])}" if isinstance(item, (tuple, list)) and len(item) == 2
+                         else display_value(item) for item in value)
+    return str(value)
 
 
 def cmd_opencode_config(args: argparse.Namespace) -> int:
@@ -222,6 +307,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(_settings_from(args))
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """List fine-tuning jobs, or watch one's progress."""
+    from minerva.finetune.console import run_jobs_command
+
+    if args.action == "watch" and not args.job_id:
+        raise InvalidRequestError("minerva jobs watch: name the job to watch (minerva jobs lists them)")
+    data_dir = args.data_dir.expanduser() if args.data_dir else Settings().data_dir
+    return run_jobs_command(data_dir, args.job_id if args.action == "watch" else None, _console())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `minerva` command."""
     parser = argparse.ArgumentParser(prog="minerva", description="A local OpenAI-compatible model server.")
@@ -263,6 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(claude)
     claude.add_argument("--base-url", default=None, help="the server root (Claude Code appends /v1/messages)")
     claude.set_defaults(func=cmd_claude_config)
+
+    jobs = commands.add_parser("jobs", help="list fine-tuning jobs; `jobs watch ID` shows one's progress")
+    jobs.add_argument("action", nargs="?", choices=["watch"], help="watch one job until it finishes")
+    jobs.add_argument("job_id", nargs="?", help="the job to watch")
+    jobs.add_argument("--data-dir", type=Path, default=None, help="the server's data directory (default ~/.minerva)")
+    jobs.set_defaults(func=cmd_jobs)
 
     codex = commands.add_parser("codex-config", help="print a Codex config.toml for these models")
     _add_model_flags(codex)

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from minerva.core.errors import ModelFormatError, ModelNotFoundError
+from minerva.core.errors import InvalidRequestError, ModelFormatError, ModelNotFoundError
 from minerva.formats.detect import discover_models, read_model_info
 from minerva.formats.model_info import ModelInfo
 
@@ -31,13 +31,21 @@ class RegisteredModel:
 
     id: str
     info: ModelInfo
-    source: str  # "explicit", "default" or "dir"
+    source: str  # "explicit", "default", "dir" or "fine_tuned"
     fingerprint: Fingerprint
     engine: str = ""  # the engine package that serves it (minerva.engine.<name>); by format when empty
+    base: RegisteredModel | None = None  # a fine-tuned model: the model whose engine serves it
+    adapter: str | None = None  # a fine-tuned model: its LoRA adapter (a GGUF file or a PEFT directory)
+    adapter_fingerprint: Fingerprint | None = None
 
     def __post_init__(self) -> None:
         if not self.engine:
             object.__setattr__(self, "engine", ENGINE_BY_FORMAT[self.info.format])
+
+    @property
+    def serving_id(self) -> str:
+        """The id of the loaded engine that serves this model (the base's, for a fine-tuned model)."""
+        return self.base.id if self.base is not None else self.id
 
 
 def capabilities_of(model: RegisteredModel) -> list[str]:
@@ -100,6 +108,25 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
 
 
+@dataclass(frozen=True)
+class FineTunedEntry:
+    """A fine-tuned model's registration: the base model id and the adapter applied on it."""
+
+    base_id: str
+    adapter: Path
+
+
+def check_adapter_for(base: RegisteredModel, adapter: Path) -> None:
+    """The adapter must be the kind the base's engine loads: a LoRA GGUF file, or a PEFT directory."""
+    if base.base is not None:
+        raise InvalidRequestError(f"'{base.id}' is itself fine-tuned; register adapters on its base model.",
+                                  param="model")
+    if base.engine == "llamacpp" and not (adapter.is_file() and adapter.suffix.lower() == ".gguf"):
+        raise InvalidRequestError(f"'{base.id}' is served by llama.cpp: its adapter must be a LoRA .gguf file.")
+    if base.engine == "transformers" and not (adapter / "adapter_config.json").is_file():
+        raise InvalidRequestError(f"'{base.id}' is served by transformers: its adapter must be a PEFT directory.")
+
+
 def _disambiguate(base: str, path: Path) -> str:
     return f"{base}-{hashlib.sha1(str(path).encode()).hexdigest()[:6]}"
 
@@ -121,6 +148,7 @@ class ModelRegistry:
         self._failures: dict[Path, tuple[Fingerprint, str]] = {}
         self._snapshot: tuple[tuple, dict[str, RegisteredModel]] | None = None
         self._dir_scans: dict[Path, tuple[int, list[Path]]] = {}
+        self._fine_tuned: dict[str, FineTunedEntry] = {}
         self.version = 0  # bumped whenever the set of models or their metadata changes
 
     def _candidates(self) -> list[_Candidate]:
@@ -177,7 +205,8 @@ class ModelRegistry:
     def _scan(self) -> dict[str, RegisteredModel]:
         candidates = self._candidates()
         fingerprints = [(c, fingerprint_of(c.path)) for c in candidates]
-        key = tuple((c.path, c.explicit_id, fp) for c, fp in fingerprints)
+        tuned = tuple((model_id, entry, fingerprint_of(entry.adapter)) for model_id, entry in self._fine_tuned.items())
+        key = (tuple((c.path, c.explicit_id, fp) for c, fp in fingerprints), tuned)
         if self._snapshot and self._snapshot[0] == key:
             return self._snapshot[1]
         models: dict[str, RegisteredModel] = {}
@@ -196,6 +225,14 @@ class ModelRegistry:
             if model_id in models:
                 model_id = _disambiguate(model_id, candidate.path)
             models[model_id] = RegisteredModel(model_id, info, candidate.source, fp)
+        for model_id, entry, adapter_fp in tuned:
+            base = models.get(entry.base_id)
+            if base is None or adapter_fp is None or model_id in models:
+                logger.warning("fine-tuned model %s is not servable: base %s or adapter %s missing, or id taken",
+                               model_id, entry.base_id, entry.adapter)
+                continue
+            models[model_id] = RegisteredModel(model_id, base.info, "fine_tuned", base.fingerprint, base.engine,
+                                               base=base, adapter=str(entry.adapter), adapter_fingerprint=adapter_fp)
         live = {c.path for c in candidates}
         for stale in [p for p in self._infos if p not in live]:
             del self._infos[stale]
@@ -214,6 +251,35 @@ class ModelRegistry:
             raise ModelNotFoundError(model_id)
         return model
 
+    def register_fine_tuned(self, model_id: str, base_id: str, adapter: Path) -> RegisteredModel:
+        """Serve `adapter` on the base model `base_id` under `model_id` (ModelNotFoundError for an unknown base)."""
+        base = self.get(base_id)
+        adapter = Path(adapter).absolute()
+        check_adapter_for(base, adapter)
+        existing = self._scan().get(model_id)
+        if existing is not None and existing.base is None:
+            raise InvalidRequestError(f"The model id '{model_id}' is already taken by a model file.", param="model")
+        self._fine_tuned[model_id] = FineTunedEntry(base_id, adapter)
+        return self.get(model_id)
+
+    def unregister_fine_tuned(self, model_id: str) -> RegisteredModel | None:
+        """Stop serving a fine-tuned model; the model it was (None when no such registration)."""
+        if model_id not in self._fine_tuned:
+            return None
+        model = self._scan().get(model_id)
+        del self._fine_tuned[model_id]
+        return model
+
     def failures(self) -> dict[Path, str]:
         """Files that were found but could not be read, with the reason."""
         return {path: reason for path, (_, reason) in self._failures.items()}
+
+
+def register_fine_tuned(registry: ModelRegistry, model_id: str, base_id: str, adapter_path: Path) -> RegisteredModel:
+    """Serve a LoRA adapter on a registered base model under a new id (see ModelRegistry.register_fine_tuned)."""
+    return registry.register_fine_tuned(model_id, base_id, adapter_path)
+
+
+def unregister_fine_tuned(registry: ModelRegistry, model_id: str) -> RegisteredModel | None:
+    """Stop serving a fine-tuned model (see ModelRegistry.unregister_fine_tuned)."""
+    return registry.unregister_fine_tuned(model_id)

@@ -1,5 +1,5 @@
-"""The import rule: nothing below the dialects (generation, engines, core, prompting, parsers, formats)
-imports a dialect package or the HTTP layer."""
+"""The import rule: nothing below the dialects (finetune, generation, engines, core, prompting, parsers,
+formats) imports a dialect package or the HTTP layer, and nothing below finetune imports finetune."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import minerva
 
 PACKAGE = Path(minerva.__file__).parent
-BELOW_DIALECTS = ("generation", "engine", "core", "prompting", "parsers", "formats")
+BELOW_DIALECTS = ("finetune", "generation", "engine", "core", "prompting", "parsers", "formats")
+BELOW_FINETUNE = BELOW_DIALECTS[1:]
 FORBIDDEN = ("minerva.dialects", "minerva.api")
 
 
@@ -41,9 +42,18 @@ def test_no_module_below_the_dialects_names_a_dialect_in_its_source():
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
+def test_no_module_below_finetune_imports_it():
+    offenders = {
+        str(path.relative_to(PACKAGE)): sorted(n for n in imported_modules(path) if n.startswith("minerva.finetune"))
+        for layer in BELOW_FINETUNE for path in (PACKAGE / layer).rglob("*.py")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
 def test_importing_every_generation_layer_module_loads_no_dialect():
     modules = modules_below_dialects()
     assert "minerva.generation.chat" in modules and "minerva.engine.llamacpp.scheduler" in modules
+    assert "minerva.finetune.runner" in modules
     code = ("import importlib, sys\n"
             f"for name in {modules!r}:\n    importlib.import_module(name)\n"
             f"print(sorted(m for m in sys.modules if m.startswith({FORBIDDEN!r})))")

@@ -8,6 +8,7 @@ Known gaps of the published schema (see test_schema_documents_what_we_send): it 
 """
 
 import json
+import tempfile
 
 import schemathesis
 from hypothesis import HealthCheck
@@ -24,7 +25,9 @@ from minerva.settings import Settings
 from tests.scripted_engine import Script, scripted_loader
 
 MODEL = "smollm2-135m-instruct"
-APP = create_app(Settings(models_dirs=[]), loader=scripted_loader(lambda prompt, call: Script([b"fine", b"."])))
+DATA_DIR = tempfile.TemporaryDirectory(prefix="minerva-schemathesis-")  # uploads and jobs stay out of ~/.minerva
+APP = create_app(Settings(models_dirs=[], data_dir=DATA_DIR.name),
+                 loader=scripted_loader(lambda prompt, call: Script([b"fine", b"."])))
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 SETTINGS = hypothesis_settings(max_examples=150, deadline=None, derandomize=True,
                                suppress_health_check=list(HealthCheck))

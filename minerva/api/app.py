@@ -38,20 +38,25 @@ def build_registry(settings: Settings) -> ModelRegistry:
     return ModelRegistry(settings.models_dirs, settings.models, default)
 
 
-def create_app(settings: Settings | None = None, *, loader: EngineLoader = load_engine) -> FastAPI:
-    """A ready-to-serve app; `loader` builds engines (tests may pass a scripted one)."""
+def create_app(settings: Settings | None = None, *, loader: EngineLoader = load_engine,
+               finetune_trainer: str | None = None) -> FastAPI:
+    """A ready-to-serve app; `loader` builds engines and `finetune_trainer` trains jobs (tests may pass fakes)."""
     settings = settings or Settings()
-    state = ServerState(settings, build_registry(settings), EnginePool(settings, loader))
+    state = ServerState(settings, build_registry(settings), EnginePool(settings, loader),
+                        finetune_trainer=finetune_trainer)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         reaper = asyncio.create_task(state.pool.run_reaper(lambda: {m.id for m in state.registry.list()}))
+        if state.has_fine_tuning_data():  # recover interrupted jobs, serve the fine-tuned models again
+            state.fine_tuning()
         try:
             yield
         finally:
             reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
+            await state.close_fine_tuning()
             await state.pool.close()
 
     app = FastAPI(title="minerva", version=__version__, lifespan=lifespan)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from minerva.core.errors import HttpStatusError, InternalError, InvalidRequestError, MinervaError
 
@@ -77,6 +78,22 @@ def error_response(error: MinervaError, envelope: Envelope) -> JSONResponse:
     return JSONResponse(envelope(error), status_code=error.status_code, headers=error.headers() or None)
 
 
+def _leaf_routes(routes: list) -> Iterator:
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI wraps each include_router (no prefixes here)
+        yield from _leaf_routes(included.routes) if included is not None else (route,)
+
+
+def allowed_methods(app: FastAPI, scope: dict) -> list[str]:
+    """Every method some route of the app serves at this request's path."""
+    methods: set[str] = set()
+    for route in _leaf_routes(app.router.routes):
+        route_methods = getattr(route, "methods", None)
+        if route_methods and route.matches(scope)[0] != Match.NONE:
+            methods.update(route_methods)
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI, envelopes: ErrorEnvelopes) -> None:
     """Register the handlers that turn every failure into the envelope of its path's API."""
 
@@ -95,7 +112,11 @@ def install_error_handlers(app: FastAPI, envelopes: ErrorEnvelopes) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return respond(request, HttpStatusError(str(exc.detail), exc.status_code, getattr(exc, "headers", None)))
+        headers = dict(getattr(exc, "headers", None) or {})
+        allowed = allowed_methods(app, request.scope) if exc.status_code == 405 else []
+        if allowed:  # Starlette names only the first matching route's methods; a path may have several routes
+            headers["Allow"] = ", ".join(allowed)
+        return respond(request, HttpStatusError(str(exc.detail), exc.status_code, headers))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

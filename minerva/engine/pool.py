@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from minerva.engine.adapted import AdaptedEngine
 from minerva.engine.base import Engine
 from minerva.engine.memory import physical_memory_bytes
 from minerva.core.errors import MinervaError, ModelLoadError
@@ -101,12 +102,15 @@ class EnginePool:
 
     @contextlib.asynccontextmanager
     async def use(self, model: RegisteredModel) -> AsyncIterator[Engine]:
-        """The model's engine, loaded if needed, kept from unloading while the block runs."""
-        entry = await self._ensure_loaded(model)
+        """The model's engine, loaded if needed, kept from unloading while the block runs.
+
+        A fine-tuned model is served by its base's engine, seen through its adapter.
+        """
+        entry = await self._ensure_loaded(model.base or model)
         entry.in_use += 1
         entry.last_used = time.monotonic()
         try:
-            yield entry.engine
+            yield AdaptedEngine(entry.engine, model.adapter) if model.adapter else entry.engine
         finally:
             entry.in_use -= 1
             entry.last_used = time.monotonic()
@@ -135,6 +139,13 @@ class EnginePool:
             entry = _Loaded(engine, model.fingerprint, need)
             self._loaded[model.id] = entry
             return entry
+
+    async def drop_adapter(self, model: RegisteredModel) -> None:
+        """Free what the base's loaded engine holds for a fine-tuned model's adapter (nothing when not loaded)."""
+        entry = self._loaded.get(model.serving_id)
+        drop = getattr(entry.engine, "drop_adapter", None) if entry is not None and model.adapter else None
+        if drop is not None:
+            await asyncio.to_thread(drop, model.adapter)
 
     async def _make_room(self, need: int, keep: str) -> None:
         while self._loaded and sum(e.memory_bytes for e in self._loaded.values()) + need > self._budget:

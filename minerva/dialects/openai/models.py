@@ -25,9 +25,24 @@ def model_object(model: RegisteredModel, loaded: bool) -> dict:
         "has_chat_template": info.has_chat_template,
         "capabilities": capabilities_of(model),
         "loaded": loaded,
+        **fine_tuned_fields(model),
+    }
+
+
+def fine_tuned_fields(model: RegisteredModel) -> dict:
+    """What a model object says of fine-tuning: fine_tuned, and for a fine-tuned model its base and adapter."""
+    if model.base is None or model.adapter is None:
+        return {"fine_tuned": False}
+    size, mtime_ns = model.adapter_fingerprint or (0, 0)
+    return {
+        "fine_tuned": True,
+        "created": mtime_ns // 10**9,
+        "base_model": model.base.id,
+        "adapter_format": "gguf" if model.adapter.lower().endswith(".gguf") else "peft",
+        "adapter_size_mb": round(size / 2**20, 2),
     }
 
 
 def model_list(models: list[RegisteredModel], loaded_ids: set[str]) -> dict:
     """The OpenAI list object of model objects."""
-    return {"object": "list", "data": [model_object(m, m.id in loaded_ids) for m in models]}
+    return {"object": "list", "data": [model_object(m, m.serving_id in loaded_ids) for m in models]}

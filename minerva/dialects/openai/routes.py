@@ -10,11 +10,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from minerva.api.errors import Dialect
-from minerva.api.responding import GenerationReply, respond, session_key_of
+from minerva.api.responding import GenerationReply, output_policy, respond, session_key_of
 from minerva.api.state import server_state
 from minerva.dialects.openai.chat import ChatChunkEncoder, fold_chat_completion
 from minerva.dialects.openai.completions import CompletionChunkEncoder, fold_completion
 from minerva.dialects.openai.convert import chat_request_from, completion_request_from, embedding_request_from
+from minerva.dialects.openai import files, fine_tuning
 from minerva.dialects.openai.errors import openai_error
 from minerva.dialects.openai.models import model_list, model_object
 from minerva.dialects.openai.protocol import (
@@ -32,6 +33,8 @@ from minerva.generation.completion import completion_events, prepare_completion
 from minerva.generation.embeddings import create_embeddings, prepare_embedding, require_embedding_model
 
 router = APIRouter()
+router.include_router(files.router)
+router.include_router(fine_tuning.router)
 
 GENERATION_RESPONSES = {**STREAMING_RESPONSE, **error_responses(400, 401, 404, 413, 429, 500, 503)}
 
@@ -46,7 +49,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     session = session_key_of(request)
 
     def open_reply(engine: Engine, model_id: str) -> GenerationReply:
-        prepared = prepare_chat(chat_request_from(body, session), engine, model_id)
+        prepared = prepare_chat(chat_request_from(body, session), engine, model_id, output_policy(request))
         header = ResponseHeader.new("chatcmpl", model_id, "chat.completion.chunk")
         encoder = ChatChunkEncoder(header, prepared.n, _include_usage(body))
         return GenerationReply(chat_events(prepared, engine), functools.partial(openai_sse, encoder),
@@ -61,7 +64,8 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     session = session_key_of(request)
 
     def open_reply(engine: Engine, model_id: str) -> GenerationReply:
-        prepared = prepare_completion(completion_request_from(body, session), engine, model_id)
+        prepared = prepare_completion(completion_request_from(body, session), engine, model_id,
+                                      output_policy(request))
         header = ResponseHeader.new("cmpl", model_id, "text_completion")
         n = len(prepared.generations)
         encoder = CompletionChunkEncoder(header, n, _include_usage(body))
@@ -114,7 +118,7 @@ async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
     """One model, or a 404 in the OpenAI envelope."""
     state = server_state(request)
     model = state.registry.get(model_id)
-    return JSONResponse(model_object(model, state.pool.is_loaded(model.id)))
+    return JSONResponse(model_object(model, state.pool.is_loaded(model.serving_id)))
 
 
 DIALECT = Dialect("openai", router, openai_error)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import dataclasses
 import logging
 import os
 import threading
@@ -14,6 +15,7 @@ import numpy as np
 
 from minerva.engine.base import EngineStats, GenerationEvent, GenerationRequest
 from minerva.engine.checks import check_embedding_inputs, check_prompt
+from minerva.engine.llamacpp.adapters import AdapterRun, apply_lora, load_lora
 from minerva.engine.llamacpp.loader import ContextShape, RopeScaling, load_model, new_context, route_native_logs
 from minerva.engine.llamacpp.sampling import SequenceSampler
 from minerva.engine.llamacpp.scheduler import BatchScheduler, SchedulerConfig, Sequence
@@ -28,7 +30,11 @@ _DEFAULT_N_CTX = 4096  # when the file does not say how long its training contex
 
 
 class LlamaCppEngine:
-    """A GGUF model served by llama.cpp: n_slots sequences decode together in one context."""
+    """A GGUF model served by llama.cpp: n_slots sequences decode together in one context.
+
+    A request with `adapter` (a LoRA GGUF path) runs in that adapter's own context, with its own
+    slots and prefix cache (see minerva.engine.llamacpp.adapters), so no KV cell crosses adapters.
+    """
 
     def __init__(
         self,
@@ -48,6 +54,10 @@ class LlamaCppEngine:
         self._gen_ctx = gen_ctx
         self._embed_ctx = embed_ctx
         self._embed_lock = threading.Lock()  # this engine's embedding context, one batch at a time
+        self._context_shape: ContextShape | None = None
+        self._scheduler_config: SchedulerConfig | None = None
+        self._adapter_runs: dict[str, AdapterRun] = {}  # by adapter path; see minerva.engine.llamacpp.adapters
+        self._adapter_lock = threading.Lock()
         self._closed = False
         self.bos_token = self._special_text(llama.llama_vocab_bos(self._vocab))
         self.eos_token = self._special_text(llama.llama_vocab_eos(self._vocab))
@@ -109,6 +119,7 @@ class LlamaCppEngine:
         engine._scheduler = BatchScheduler(
             gen_ctx, engine._vocab, engine._n_vocab, config, engine.token_piece, name=info.name
         )
+        engine._context_shape, engine._scheduler_config = shape, config
         return engine
 
     @classmethod
@@ -158,6 +169,9 @@ class LlamaCppEngine:
         iteration; an error inside the running sequence raises from the iterator and ends it.
         """
         scheduler = self._require_scheduler()
+        if request.adapter is not None:
+            run = self._adapter_runs.get(request.adapter)
+            scheduler = run.scheduler if run else await asyncio.to_thread(self._adapter_scheduler, request.adapter)
         prompt = list(request.prompt_tokens)
         check_prompt(prompt, self.n_ctx, self._n_vocab)
         sampler = SequenceSampler.build(self._vocab, self._n_vocab, request.sampling, prompt)
@@ -180,11 +194,48 @@ class LlamaCppEngine:
         async for event in relay_events(sink, submit, lambda: scheduler.cancel(seq)):
             yield event
 
+    def _adapter_scheduler(self, path: str) -> BatchScheduler:
+        """The scheduler of the adapter's own context, made on its first request."""
+        with self._adapter_lock:
+            self._check_open()
+            run = self._adapter_runs.get(path)
+            if run is not None:
+                return run.scheduler
+            assert self._context_shape is not None and self._scheduler_config is not None
+            lora = load_lora(self._model, path)
+            ctx = None
+            try:
+                ctx = new_context(self._model, self.info, self._context_shape)
+                apply_lora(ctx, lora)
+                scheduler = BatchScheduler(ctx, self._vocab, self._n_vocab, self._scheduler_config, self.token_piece,
+                                           name=f"{self.info.name}+{os.path.basename(path)}")
+            except BaseException:
+                if ctx:
+                    llama.llama_free(ctx)
+                llama.llama_adapter_lora_free(lora)
+                raise
+            self._adapter_runs[path] = AdapterRun(lora, ctx, scheduler)
+            logger.info("%s: LoRA adapter %s loaded with its own context", self.info.name, os.path.basename(path))
+            return scheduler
+
+    def drop_adapter(self, path: str) -> None:
+        """Free an adapter's context and tensors; its running sequences end with ModelUnavailableError."""
+        with self._adapter_lock:
+            run = self._adapter_runs.pop(path, None)
+        if run is not None:
+            run.close()
+
     def stats(self) -> EngineStats:
-        """Live counters: active/total slots, queued requests, cached tokens reused."""
+        """Live counters summed over the base context and every adapter's context."""
         if self._scheduler is None:
             return EngineStats.idle(self.n_ctx)
-        return self._scheduler.stats()
+        stats = self._scheduler.stats()
+        for run in list(self._adapter_runs.values()):
+            more = run.scheduler.stats()
+            stats = dataclasses.replace(stats, **{
+                f.name: getattr(stats, f.name) + getattr(more, f.name)
+                for f in dataclasses.fields(EngineStats) if f.name != "n_ctx"})
+        return stats
 
     # ---- embeddings -------------------------------------------------------------------------
 
@@ -241,6 +292,10 @@ class LlamaCppEngine:
         if self._closed:
             return
         self._closed = True
+        with self._adapter_lock:
+            runs, self._adapter_runs = list(self._adapter_runs.values()), {}
+        for run in runs:
+            run.close()
         if self._scheduler is not None:
             self._scheduler.close()
         with self._embed_lock:

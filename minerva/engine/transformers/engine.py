@@ -2,7 +2,9 @@
 
 This module is the only importer of torch/transformers, and the pool imports it only when a
 SafeTensors model is first loaded, so a server that serves GGUF models never pays for torch.
-Chat/completion models decode on a worker thread (see transformers_worker); sentence-transformers
+Chat/completion models decode on a worker thread (see transformers_worker); a request's LoRA adapter
+(a PEFT directory) is loaded once next to the base weights and applied to that request's forwards
+only (PEFT's adapter_names), and its kept KV caches serve only requests with the same adapter; sentence-transformers
 directories embed with their declared pooling and normalisation (see transformers_embed).
 """
 
@@ -10,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import inspect
 import logging
+import os
 import threading
 import time
 import contextlib
@@ -129,6 +133,8 @@ class TransformersEngine:
         self._eos_ids = _eos_ids(model, tokenizer)
         self._keep_last_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._grammar_lock = threading.Lock()
+        self._model_lock = threading.Lock()  # forwards and adapter (un)loading, one at a time
+        self._adapters: dict[str, str] = {}  # adapter path → PEFT adapter name
         self._grammar_tokenizer: Any = None
         self._embed_lock = threading.Lock()
         self._embedder = None
@@ -226,12 +232,45 @@ class TransformersEngine:
 
     # ---- generation -------------------------------------------------------------------------
 
-    def _forward(self, tokens: list[int], cache: Any) -> tuple[torch.Tensor, Any]:
-        extra = {"logits_to_keep": 1} if self._keep_last_logits else {}
-        with torch.inference_mode():
-            out = self._model(input_ids=torch.tensor([tokens], dtype=torch.long), past_key_values=cache,
-                              use_cache=True, **extra)
+    def _forward(self, tokens: list[int], cache: Any, adapter: str | None = None) -> tuple[torch.Tensor, Any]:
+        extra: dict[str, Any] = {"logits_to_keep": 1} if self._keep_last_logits else {}
+        with self._model_lock:
+            if adapter is not None or self._adapters:
+                # PEFT applies the named adapter to this forward only; "__base__" runs without any
+                extra["adapter_names"] = [self._adapter_name(adapter) if adapter is not None else "__base__"]
+            with torch.inference_mode():
+                out = self._model(input_ids=torch.tensor([tokens], dtype=torch.long), past_key_values=cache,
+                                  use_cache=True, **extra)
         return out.logits[0, -1].float(), out.past_key_values
+
+    def _adapter_name(self, path: str) -> str:
+        """The PEFT name of the adapter at `path`, loaded next to the base weights on first use."""
+        name = self._adapters.get(path)
+        if name is not None:
+            return name
+        name = "ft_" + hashlib.sha1(path.encode()).hexdigest()[:12]  # module keys allow no dots
+        try:
+            from peft import PeftModel
+
+            if isinstance(self._model, PeftModel):
+                self._model.load_adapter(path, adapter_name=name, is_trainable=False)
+            else:
+                self._model = PeftModel.from_pretrained(self._model, path, adapter_name=name, is_trainable=False)
+            self._model.eval()
+        except ImportError as exc:
+            raise ModelLoadError(f"serving fine-tuned SafeTensors models needs the peft package: {exc}") from exc
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelLoadError(f"the LoRA adapter {os.path.basename(path)} could not be loaded: {exc}") from exc
+        self._adapters[path] = name
+        logger.info("model %s: LoRA adapter %s loaded as %s", self.info.name, os.path.basename(path), name)
+        return name
+
+    def drop_adapter(self, path: str) -> None:
+        """Unload a LoRA adapter's weights (a no-op when it was never loaded)."""
+        with self._model_lock:
+            name = self._adapters.pop(path, None)
+            if name is not None and self._model is not None:
+                self._model.delete_adapter(name)
 
     def _grammar(self, gbnf: str):
         from minerva.engine.transformers.grammar import GrammarConstraint, grammar_tokenizer
@@ -248,6 +287,8 @@ class TransformersEngine:
         raise on the first iteration.
         """
         worker = self._require_worker()
+        if request.adapter is not None and not os.path.isfile(os.path.join(request.adapter, "adapter_config.json")):
+            raise ModelLoadError(f"The LoRA adapter {os.path.basename(request.adapter)} is missing.")
         prompt = list(request.prompt_tokens)
         check_prompt(prompt, self.n_ctx, self._n_vocab)
         grammar = await asyncio.to_thread(self._grammar, request.sampling.grammar) if request.sampling.grammar else None

@@ -26,7 +26,7 @@ from minerva.core.errors import MinervaError, ModelUnavailableError
 
 logger = logging.getLogger(__name__)
 
-Forward = Callable[[list[int], Any], tuple[torch.Tensor, Any]]  # (tokens, cache) → (last logits, cache)
+Forward = Callable[[list[int], Any, str | None], tuple[torch.Tensor, Any]]  # (tokens, cache, adapter) → (logits, cache)
 
 
 @dataclass(frozen=True)
@@ -61,18 +61,22 @@ class DecodeJob:
 class _CachedSequence:
     tokens: list[int]
     cache: Any
+    adapter: str | None  # the LoRA adapter the cache was computed under (None: the base model)
 
 
 class PrefixCacheStore:
-    """KV caches of finished sequences, lent to a new prompt that starts with the same tokens."""
+    """KV caches of finished sequences, lent to a new prompt that starts with the same tokens.
+
+    A cache is only lent to a prompt run under the same adapter: KV values depend on the adapter.
+    """
 
     def __init__(self, capacity: int):
         self._capacity = capacity
         self._entries: list[_CachedSequence] = []  # oldest first
 
-    def take(self, prompt: Sequence[int]) -> tuple[Any, int]:
-        """The cache sharing the longest prefix with `prompt`, cropped to it, and that length."""
-        entry, best_len = longest_shared_prefix(self._entries, prompt)
+    def take(self, prompt: Sequence[int], adapter: str | None = None) -> tuple[Any, int]:
+        """The cache computed under `adapter` sharing the longest prefix with `prompt`, cropped to it, and that length."""
+        entry, best_len = longest_shared_prefix([e for e in self._entries if e.adapter == adapter], prompt)
         if entry is None:
             return None, 0
         self._entries.remove(entry)
@@ -92,11 +96,11 @@ class PrefixCacheStore:
             return None, 0  # a cache kind that cannot be cropped: start afresh
         return cache, reuse
 
-    def put(self, tokens: list[int], cache: Any) -> None:
-        """Keep a finished sequence's cache (dropping the oldest beyond capacity)."""
+    def put(self, tokens: list[int], cache: Any, adapter: str | None = None) -> None:
+        """Keep a finished sequence's cache, computed under `adapter` (dropping the oldest beyond capacity)."""
         if cache is None or not tokens or self._capacity <= 0:
             return
-        self._entries.append(_CachedSequence(tokens, cache))
+        self._entries.append(_CachedSequence(tokens, cache, adapter))
         del self._entries[: max(0, len(self._entries) - self._capacity)]
 
     def clear(self) -> None:
@@ -184,7 +188,7 @@ class DecodeWorker:
 
     def _start(self, job: DecodeJob) -> None:
         job.started = True
-        job.cache, job.cached_tokens = self._store.take(job.prompt)
+        job.cache, job.cached_tokens = self._store.take(job.prompt, job.request.adapter)
         job.cache_tokens = job.prompt[: job.cached_tokens]
         job.feed = job.prompt[job.cached_tokens:]
         self._cached_total += job.cached_tokens
@@ -197,7 +201,7 @@ class DecodeWorker:
             self._start(job)
         chunk = job.feed[: self._config.prefill_chunk]
         job.feed = job.feed[len(chunk):]
-        logits, job.cache = self._forward(chunk, job.cache)
+        logits, job.cache = self._forward(chunk, job.cache, job.request.adapter)
         job.cache_tokens.extend(chunk)
         if job.feed:
             return  # the prompt is still being read
@@ -230,7 +234,7 @@ class DecodeWorker:
         if end is not None:
             job.emit(end)
         if job.cache is not None and len(job.cache_tokens) == _cache_length(job.cache):
-            self._store.put(job.cache_tokens, job.cache)
+            self._store.put(job.cache_tokens, job.cache, job.request.adapter)
         job.cache = None
 
 
