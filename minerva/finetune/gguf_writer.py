@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
+from minerva.finetune.atomic import atomic_file
 
 ALIGNMENT = 32
 _VERSION = 3
@@ -60,14 +60,6 @@ def write_gguf(out: Path, metadata: Mapping[str, MetadataValue], tensors: Mappin
     if unsupported:
         raise ValueError(f"tensors must be float32 or float16: {', '.join(unsupported)}")
     out = Path(out)
-    fd, staging = tempfile.mkstemp(prefix=out.name + ".", suffix=".partial", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            _write(file, metadata, tensors)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(staging, out)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
+    with atomic_file(out) as file:
+        _write(file, metadata, tensors)
     return out

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import sqlite3
 import string
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -17,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from minerva.core.errors import MinervaError, NotFoundError
+from minerva.finetune.atomic import atomic_file
 
 DB_NAME = "finetune.sqlite3"
 DISK_HEADROOM_BYTES = 64 * 1024 * 1024  # kept free on the data volume after any upload
@@ -71,16 +70,8 @@ def ensure_free_space(directory: Path, needed: int) -> None:
 
 def write_atomically(path: Path, data: bytes) -> None:
     """Write bytes to a temporary file beside `path`, fsync, then rename it into place."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as out:
+        out.write(data)
 
 
 @dataclass(frozen=True)
