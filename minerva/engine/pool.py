@@ -75,6 +75,7 @@ class _Loaded:
     memory_bytes: int
     last_used: float = field(default_factory=time.monotonic)
     in_use: int = 0
+    keep_alive_s: float | None = None  # this model's idle TTL when a client set one (Ollama's keep_alive)
 
 
 class EnginePool:
@@ -99,6 +100,46 @@ class EnginePool:
     def memory_bytes(self) -> dict[str, int]:
         """Estimated memory of each loaded model."""
         return {model_id: entry.memory_bytes for model_id, entry in self._loaded.items()}
+
+    def _ttl(self, entry: _Loaded) -> float | None:
+        """How long the entry may stay idle before it unloads; None: never."""
+        if entry.keep_alive_s is not None:
+            return None if entry.keep_alive_s < 0 else entry.keep_alive_s
+        return self._settings.idle_ttl_s if self._settings.idle_ttl_s > 0 else None
+
+    def expires_in(self, model_id: str) -> float | None:
+        """Seconds until the loaded model unloads for idleness (a model in use counts from now); None: never."""
+        entry = self._loaded.get(model_id)
+        ttl = self._ttl(entry) if entry is not None else None
+        if ttl is None:
+            return None
+        idle = 0.0 if entry.in_use else time.monotonic() - entry.last_used
+        return max(0.0, ttl - idle)
+
+    async def load(self, model: RegisteredModel, keep_alive_s: float | None = None) -> None:
+        """Load the model (its base, for a fine-tuned one) now; `keep_alive_s` sets its idle TTL (<0: forever)."""
+        entry = await self._ensure_loaded(model.base or model)
+        entry.last_used = time.monotonic()
+        if keep_alive_s is not None:
+            entry.keep_alive_s = keep_alive_s
+
+    def keep_alive(self, model: RegisteredModel, keep_alive_s: float) -> None:
+        """Set a loaded model's idle TTL from now (<0: never unload for idleness; 0: unload once idle)."""
+        entry = self._loaded.get(model.serving_id)
+        if entry is not None:
+            entry.keep_alive_s = keep_alive_s
+            entry.last_used = time.monotonic()
+
+    async def unload(self, model_id: str) -> bool:
+        """Unload a model now unless a request is using it; whether it was unloaded."""
+        lock = self._locks.setdefault(model_id, asyncio.Lock())
+        async with lock:
+            entry = self._loaded.get(model_id)
+            if entry is None or entry.in_use:
+                return False
+            logger.info("unloading model %s on request", model_id)
+            await self._unload(model_id)
+            return True
 
     @contextlib.asynccontextmanager
     async def use(self, model: RegisteredModel) -> AsyncIterator[Engine]:
@@ -162,12 +203,14 @@ class EnginePool:
             await asyncio.to_thread(entry.engine.close)
 
     async def unload_idle(self, now: float | None = None) -> list[str]:
-        """Unload models unused for longer than the idle TTL; returns their ids."""
-        ttl = self._settings.idle_ttl_s
-        if ttl <= 0:
-            return []
+        """Unload models unused for longer than their idle TTL; returns their ids."""
         now = time.monotonic() if now is None else now
-        stale = [mid for mid, e in self._loaded.items() if e.in_use == 0 and now - e.last_used > ttl]
+
+        def expired(entry: _Loaded) -> bool:
+            ttl = self._ttl(entry)
+            return ttl is not None and entry.in_use == 0 and now - entry.last_used >= ttl
+
+        stale = [mid for mid, e in self._loaded.items() if expired(e)]
         for model_id in stale:
             logger.info("unloading idle model %s", model_id)
             await self._unload(model_id)
@@ -184,7 +227,7 @@ class EnginePool:
     async def run_reaper(self, registered_ids: Callable[[], set[str]], interval_s: float | None = None) -> None:
         """Background task: unload idle and vanished models periodically."""
         ttl = self._settings.idle_ttl_s
-        interval = interval_s or max(1.0, min(30.0, ttl / 4 if ttl > 0 else 30.0))
+        interval = interval_s or max(1.0, min(5.0, ttl / 4 if ttl > 0 else 5.0))
         while True:
             await asyncio.sleep(interval)
             await self.unload_idle()
