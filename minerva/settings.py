@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = 16 * 1024 * 1024
+    max_upload_bytes: int = 512 * 1024 * 1024  # one uploaded file (POST /v1/files), as OpenAI's per-file limit
     keepalive_interval_s: float = 2.0
     responses_store_size: int = Field(default=256, ge=0)  # stored /v1/responses kept (least recently used evicted)
     anthropic_model_map: dict[str, str] = Field(default_factory=dict)  # claude-* name -> model id; unmapped: first chat model

@@ -31,6 +31,19 @@ def until_stopped(spec, report, should_stop):
     return None
 
 
+def checkpoint_then_until_stopped(spec, report, should_stop):
+    """Saves a checkpoint at step 2, then reports a step every 0.1 s until asked to stop; None when stopped."""
+    for step in range(1, 601):
+        if should_stop():
+            return None
+        report(_progress(step, 600))
+        if step == 2:
+            report(CheckpointSaved(step, write_zero_adapter(spec.output_dir / "checkpoints" / str(step)),
+                                   _progress(step, 600)))
+        time.sleep(0.1)
+    return None
+
+
 def raises(spec, report, should_stop):
     """Fails after one step, as a trainer bug would."""
     report(_progress(1, 2))

@@ -291,6 +291,38 @@ def test_a_trainer_failure_or_a_dead_worker_fails_the_job(tmp_path, trainer, rea
         assert events[-1] == reason and "Fine-tuning job started" in events
 
 
+def test_a_cancelled_job_leaves_no_checkpoint_or_adapter_behind(tmp_path):
+    with server_with(tmp_path, "tests.finetune_fakes:checkpoint_then_until_stopped") as (server, client):
+        job = client.fine_tuning.jobs.create(model=BASE, training_file=upload(client), suffix="gone")
+        wait_for(client, job.id, "running")
+        deadline = time.monotonic() + WAIT_S
+        while not list(client.fine_tuning.jobs.checkpoints.list(job.id)):
+            assert time.monotonic() < deadline, "no checkpoint was saved"
+            time.sleep(0.1)
+        job_dir = server.state.fine_tuning().store.job_dir(job.id)
+        assert (job_dir / "checkpoints" / "2" / "adapter_config.json").is_file()
+        client.fine_tuning.jobs.cancel(job.id)
+        deadline = time.monotonic() + WAIT_S
+        while job_dir.exists() or list(client.fine_tuning.jobs.checkpoints.list(job.id)):
+            assert time.monotonic() < deadline, "the cancelled job's work stayed on disk"
+            time.sleep(0.1)
+        assert not any(m.id.startswith("ft:") for m in client.models.list())
+
+
+def test_a_restart_removes_what_failed_jobs_left_on_disk(tmp_path):
+    store = FineTuneStore(tmp_path / "data")
+    job = store.add_job({"model": BASE, "training_file": "file-x", "hyperparameters": {}}, status="running")
+    leftover = store.job_dir(job.id) / "checkpoints" / "4"
+    leftover.mkdir(parents=True)
+    (leftover / "adapter_model.safetensors").write_bytes(b"partial")
+    store.add_checkpoint(job.id, 4, "ft:x:ckpt-step-4", leftover, {"step": 4})
+    store.close()
+    with server_with(tmp_path, None) as (_, client):
+        assert client.fine_tuning.jobs.retrieve(job.id).status == "failed"
+        assert list(client.fine_tuning.jobs.checkpoints.list(job.id)) == []
+        assert not leftover.exists()
+
+
 def test_a_server_restarted_mid_job_fails_it_with_a_reason(tmp_path):
     store = FineTuneStore(tmp_path / "data")
     job = store.add_job({"model": BASE, "training_file": "file-x", "hyperparameters": {}}, status="running")
@@ -387,16 +419,24 @@ def test_method_hyperparameters_win_over_the_deprecated_top_level_ones():
     assert job_request_from(legacy).hyperparameters["n_epochs"] == 3 and job_request_from(legacy).method == "supervised"
 
 
-def test_uploads_over_the_body_limit_or_the_free_disk_are_refused_before_writing(tmp_path):
-    settings = Settings(models_dirs=[tmp_path / "no-models"], data_dir=tmp_path / "data", max_body_bytes=4096)
+def test_uploads_have_their_own_limit_and_are_refused_over_it_or_the_free_disk_before_writing(tmp_path):
+    big = GOOD_FILE * 20  # over the JSON body limit, under the upload limit
+    settings = Settings(models_dirs=[tmp_path / "no-models"], data_dir=tmp_path / "data", max_body_bytes=4096,
+                        max_upload_bytes=len(big) + 1024)
     with running_server(settings) as server:
         client = openai.OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0)
+        stored = client.files.retrieve(upload(client, big))
+        assert stored.bytes == len(big) and client.files.content(stored.id).content == big
         with pytest.raises(openai.APIStatusError) as too_large:
-            upload(client, GOOD_FILE * 20)
-        assert too_large.value.status_code == 413
-        assert list(client.files.list()) == []
+            upload(client, big * 2)
+        assert too_large.value.status_code == 413 and "limit" in too_large.value.message
+        with pytest.raises(openai.APIStatusError) as big_json:  # other bodies keep the smaller limit
+            client.chat.completions.create(model=BASE, messages=[{"role": "user", "content": "x" * 5000}])
+        assert big_json.value.status_code == 413
+        assert [f.id for f in client.files.list()] == [stored.id]
+    for leftover in (tmp_path / "data" / "files").iterdir():
+        assert leftover.name == stored.id  # no partial file of the refused upload
     store = FineTuneStore(tmp_path / "data")
     with pytest.raises(InsufficientStorageError) as full:
         ensure_free_space(store.data_dir, 1 << 60)
     assert full.value.status_code == 507 and "Not enough disk space" in full.value.message
-    assert list((tmp_path / "data" / "files").iterdir()) == []

@@ -26,6 +26,9 @@ DIALECTS = ("minerva.dialects.openai.routes", "minerva.dialects.openai_responses
             "minerva.dialects.anthropic.routes")
 """The client APIs served, one registry: each module's DIALECT has its router and error envelope."""
 
+UPLOAD_PATHS = ("/v1/files",)
+"""Paths whose bodies are files: limited by max_upload_bytes and spooled to disk, not held in memory."""
+
 
 def load_dialects() -> tuple[Dialect, ...]:
     """Every dialect in DIALECTS."""
@@ -65,7 +68,8 @@ def create_app(settings: Settings | None = None, *, loader: EngineLoader = load_
     envelopes = ErrorEnvelopes.of(dialects)
     install_error_handlers(app, envelopes)
     # Added last runs first: request context wraps everything, then auth, then the body limit.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, envelopes=envelopes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, envelopes=envelopes,
+                       upload_paths=UPLOAD_PATHS, max_upload_bytes=settings.max_upload_bytes)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["x-request-id"])

@@ -6,6 +6,7 @@ import hmac
 import json
 import logging
 import secrets
+import tempfile
 import time
 from collections.abc import Iterable
 
@@ -18,6 +19,8 @@ from minerva.metrics import RequestRecord, ServerMetrics
 logger = logging.getLogger("minerva.access")
 
 OPEN_PATHS = frozenset({"/health", "/metrics"})
+UPLOAD_SPOOL_BYTES = 1024 * 1024  # an upload larger than this waits for the app in a temporary file
+REPLAY_CHUNK_BYTES = 1024 * 1024
 
 
 async def send_error(send: Send, scope: Scope, envelopes: ErrorEnvelopes, error: MinervaError,
@@ -120,47 +123,55 @@ class ApiKeyMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuses request bodies over the limit with a 413 before reading them whole.
+    """Refuses request bodies over the limit with a 413 before the app sees them.
 
-    The body is read here (the app would read it whole anyway to parse JSON), stopping at the limit,
+    The body is read here (the app would read it whole anyway to parse it), stopping at the limit,
     then replayed to the app; later receive() calls go to the client so disconnects are still seen.
+    Uploads (`upload_paths`) have their own, larger limit and are spooled to a temporary file, not memory.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, envelopes: ErrorEnvelopes):
+    def __init__(self, app: ASGIApp, max_bytes: int, envelopes: ErrorEnvelopes,
+                 upload_paths: Iterable[str] = (), max_upload_bytes: int | None = None):
         self.app = app
         self.max_bytes = max_bytes
         self._envelopes = envelopes
+        self._upload_paths = frozenset(upload_paths)
+        self.max_upload_bytes = max_upload_bytes or max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        too_large = PayloadTooLargeError(f"Request body exceeds the limit of {self.max_bytes} bytes.")
+        upload = scope["path"] in self._upload_paths
+        limit = self.max_upload_bytes if upload else self.max_bytes
+        too_large = PayloadTooLargeError(f"Request body exceeds the limit of {limit} bytes.")
         declared = _header(scope, b"content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared and declared.isdigit() and int(declared) > limit:
             await send_error(send, scope, self._envelopes, too_large)
             return
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await send_error(send, scope, self._envelopes, too_large)
-                return
-            parts.append(chunk)
-            if not message.get("more_body", False):
-                break
-        replayed = False
+        with tempfile.SpooledTemporaryFile(max_size=UPLOAD_SPOOL_BYTES if upload else limit + 1) as body:
+            size = 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    await send_error(send, scope, self._envelopes, too_large)
+                    return
+                body.write(chunk)
+                if not message.get("more_body", False):
+                    break
+            body.seek(0)
+            done = False
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(parts), "more_body": False}
-            return await receive()
+            async def replay() -> Message:
+                nonlocal done
+                if not done:
+                    chunk = body.read(REPLAY_CHUNK_BYTES)
+                    done = body.tell() >= size
+                    return {"type": "http.request", "body": chunk, "more_body": not done}
+                return await receive()
 
-        await self.app(scope, replay, send)
+            await self.app(scope, replay, send)

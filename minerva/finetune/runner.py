@@ -196,6 +196,8 @@ class JobRunner:
         for job in self.store.jobs_with_status("running"):
             self._fail(job.id, "server_restarted", "The server stopped while this job was running, so its "
                        "training was lost. Create a new job to train again.")
+        for job in self.store.jobs_with_status("failed", "cancelled"):
+            self._discard_work(job.id)
         for job in self.store.jobs_with_status("succeeded"):
             self._republish(job)
         for job in self.store.jobs_with_status("validating_files"):
@@ -370,15 +372,22 @@ class JobRunner:
         finally:
             self._active = None
             await asyncio.to_thread(self._end_process, process, 10.0)
-        if self.store.get_job(job_id).status != "running":  # cancelled (or failed) while training
-            return
-        kind, payload = outcome
-        if kind == "error":
-            self._fail(job_id, "training_failed", f"Fine-tuning failed: {payload}")
-        elif payload is None:
-            self.store.update_job(job_id, "cancelled", finished_at=now(), estimated_finish=None)
-        else:
-            await self._succeed(job_id, payload, rows)
+        if self.store.get_job(job_id).status == "running":
+            kind, payload = outcome
+            if kind == "error":
+                self._fail(job_id, "training_failed", f"Fine-tuning failed: {payload}")
+            elif payload is None:
+                self.store.update_job(job_id, "cancelled", finished_at=now(), estimated_finish=None)
+            else:
+                await self._succeed(job_id, payload, rows)
+        if self.store.get_job(job_id).status != "succeeded":  # cancelled or failed: nothing of it is served
+            await asyncio.to_thread(self._discard_work, job_id)
+
+    def _discard_work(self, job_id: str) -> None:
+        """Remove what an unfinished job left on disk (checkpoints, adapters) and its checkpoint rows."""
+        for checkpoint in self.store.list_checkpoints(job_id, limit=1000).items:
+            self.store.delete_checkpoint(checkpoint.id)
+        _remove(self.store.job_dir(job_id))
 
     async def _relay(self, job_id: str, messages: Any, process: Any, started: float, rows: list) -> tuple[str, Any]:
         while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import secrets
 import shutil
@@ -12,13 +13,14 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from minerva.core.errors import MinervaError, NotFoundError
 from minerva.finetune.atomic import atomic_file
 
 DB_NAME = "finetune.sqlite3"
 DISK_HEADROOM_BYTES = 64 * 1024 * 1024  # kept free on the data volume after any upload
+COPY_CHUNK_BYTES = 1024 * 1024
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
 ALPHANUMERIC = string.ascii_letters + string.digits
 
@@ -66,12 +68,6 @@ def ensure_free_space(directory: Path, needed: int) -> None:
         raise InsufficientStorageError(
             f"Not enough disk space in the data directory: {needed} bytes needed, {free} free "
             f"(keeping {DISK_HEADROOM_BYTES} free).")
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write bytes to a temporary file beside `path`, fsync, then rename it into place."""
-    with atomic_file(path) as out:
-        out.write(data)
 
 
 @dataclass(frozen=True)
@@ -189,9 +185,15 @@ class FineTuneStore:
 
     def add_file(self, filename: str, purpose: str, data: bytes, status: str = "processed") -> StoredFile:
         """Store bytes as a new file (space checked first, written atomically)."""
-        ensure_free_space(self.data_dir, len(data))
-        stored = StoredFile(new_id("file-"), len(data), now(), filename, purpose, status)
-        write_atomically(self.file_path(stored.id), data)
+        return self.add_file_from(filename, purpose, io.BytesIO(data), len(data), status)
+
+    def add_file_from(self, filename: str, purpose: str, source: BinaryIO, size: int,
+                      status: str = "processed") -> StoredFile:
+        """Store `size` bytes read from `source` as a new file, copied in chunks (space checked first, atomic)."""
+        ensure_free_space(self.data_dir, size)
+        stored = StoredFile(new_id("file-"), size, now(), filename, purpose, status)
+        with atomic_file(self.file_path(stored.id)) as out:
+            shutil.copyfileobj(source, out, COPY_CHUNK_BYTES)
         self._execute("INSERT INTO files (id, bytes, created_at, filename, purpose, status, status_details) "
                       "VALUES (?, ?, ?, ?, ?, ?, ?)", [stored.id, stored.bytes, stored.created_at, stored.filename,
                                                        stored.purpose, stored.status, stored.status_details])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
@@ -34,8 +35,10 @@ async def create_file(request: Request, file: UploadFile = File(...), purpose: s
     filename = file.filename or "upload"
     if purpose == "fine-tune" and not filename.lower().endswith(".jsonl"):
         raise InvalidRequestError("Invalid file format for Fine-Tuning API. Must be .jsonl", param="file")
-    data = await file.read()
-    stored = server_state(request).fine_tuning().store.add_file(filename, purpose, data)
+    store = server_state(request).fine_tuning().store
+    size = file.size if file.size is not None else len(await file.read())
+    await file.seek(0)
+    stored = await asyncio.to_thread(store.add_file_from, filename, purpose, file.file, size)
     return JSONResponse(file_object(stored))
 
 
