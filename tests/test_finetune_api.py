@@ -208,16 +208,47 @@ def test_job_create_refusals(tmp_path):
         with pytest.raises(openai.BadRequestError) as no_file:
             client.fine_tuning.jobs.create(model=BASE, training_file="file-nope")
         assert no_file.value.body["param"] == "training_file"
-        with pytest.raises(openai.BadRequestError) as dpo:
+        with pytest.raises(openai.BadRequestError) as reinforcement:
             client.fine_tuning.jobs.create(model=BASE, training_file=file_id,
-                                           method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}})
-        assert "'dpo' is not supported" in dpo.value.body["message"]
+                                           method={"type": "reinforcement", "reinforcement": {"grader": {}}})
+        assert "'reinforcement' is not supported" in reinforcement.value.body["message"]
+        with pytest.raises(openai.BadRequestError) as beta:
+            client.fine_tuning.jobs.create(model=BASE, training_file=file_id,
+                                           method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 3}}})
+        assert "beta must be" in beta.value.body["message"] and beta.value.body["param"] == "beta"
+        with pytest.raises(openai.BadRequestError) as misplaced:
+            client.fine_tuning.jobs.create(model=BASE, training_file=file_id, hyperparameters={"beta": 0.5})
+        assert "DPO hyperparameter" in misplaced.value.body["message"]
         with pytest.raises(openai.BadRequestError) as epochs:
             client.fine_tuning.jobs.create(model=BASE, training_file=file_id, hyperparameters={"n_epochs": 99})
         assert "n_epochs must be between 1 and 50" in epochs.value.body["message"]
         with pytest.raises(openai.BadRequestError):
             client.fine_tuning.jobs.create(model=BASE, training_file=file_id, suffix="has:colon")
         assert list(client.fine_tuning.jobs.list()) == []
+
+
+def preference(question: str, better: str, worse: str) -> dict:
+    return {"input": {"messages": [{"role": "user", "content": question}]},
+            "preferred_output": [{"role": "assistant", "content": better}],
+            "non_preferred_output": [{"role": "assistant", "content": worse}]}
+
+
+def test_a_dpo_job_validates_preference_lines_and_reports_its_method_and_beta(tmp_path):
+    with server_with(tmp_path, "tests.finetune_fakes:until_stopped") as (server, client):
+        chat_file = upload(client)
+        wrong = client.fine_tuning.jobs.create(model=BASE, training_file=chat_file, method={"type": "dpo"})
+        failed = wait_for(client, wrong.id, "failed")
+        assert failed.error.code == "invalid_training_file"
+        assert "not using 'supervised' as the training method (provided method=dpo)" in failed.error.message
+        pairs = upload(client, jsonl([preference(f"Q{i}?", "Good.", "Bad.") for i in range(10)]), "prefs.jsonl")
+        job = client.fine_tuning.jobs.create(model=BASE, training_file=pairs,
+                                             method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.25}}})
+        assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.25
+        running = wait_for(client, job.id, "running")
+        assert running.method.dpo.hyperparameters.beta == 0.25
+        assert isinstance(running.method.dpo.hyperparameters.n_epochs, int)
+        client.fine_tuning.jobs.cancel(job.id)
+        wait_until_idle(server)
 
 
 def test_a_bad_training_file_fails_the_job_not_the_upload(tmp_path):

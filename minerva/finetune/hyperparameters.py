@@ -24,6 +24,7 @@ MAX_TARGET_EXAMPLES = 25_000
 MAX_AUTO_EPOCHS = 10  # a CPU bound: more passes over a tiny file buy little
 MAX_AUTO_BATCH = 8
 EPOCH_RANGE = (1, 50)
+DEFAULT_BETA = 0.1  # DPO: OpenAI's and the paper's default
 BATCH_RANGE = (1, 256)
 
 
@@ -75,3 +76,14 @@ def choose_hyperparameters(n_examples: int, n_tokens: int, requested: Mapping[st
     n_epochs = _requested_int(requested, "n_epochs", EPOCH_RANGE) or auto_epochs(n_examples)
     batch_size = _requested_int(requested, "batch_size", BATCH_RANGE) or auto_batch_size(n_examples)
     return n_epochs, min(batch_size, max(1, n_examples)), BASE_LEARNING_RATE * _requested_multiplier(requested)
+
+
+def choose_beta(requested: Mapping[str, Any]) -> float:
+    """DPO's beta: the requested one, in OpenAI's range (0, 2], or the default for "auto"."""
+    value = requested.get("beta", "auto")
+    if value is None or value == "auto":
+        return DEFAULT_BETA
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 2:
+        raise HyperparameterError("hyperparameters.beta must be 'auto' or a number above 0 and at most 2.",
+                                  param="beta")
+    return float(value)

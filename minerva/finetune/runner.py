@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from minerva.core.errors import InvalidRequestError, MinervaError
-from minerva.finetune.hyperparameters import BASE_LEARNING_RATE, choose_hyperparameters
+from minerva.finetune.hyperparameters import BASE_LEARNING_RATE, choose_beta, choose_hyperparameters
+from minerva.finetune.preference import validate_preference_file
 from minerva.finetune.store import FineTuneStore, InsufficientStorageError, Job, ensure_free_space, new_id, now
 from minerva.finetune.trainer import CHECKPOINTS_KEPT, TrainingSpec
 from minerva.finetune.validation import TrainingFileError, validate_chat_file
@@ -48,6 +49,7 @@ GGUF_TRAINABLE_ARCHITECTURES = frozenset({
 """GGUF architectures transformers can dequantise into a trainable model (its gguf_file support)."""
 CAUSAL_LM_CLASS_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # transformers class names PEFT trains as causal LMs
 MIN_EXAMPLES_FOR_CHECK = 10  # hyperparameters are range-checked at creation, before the file is read
+TRAINING_METHODS = ("supervised", "dpo")
 RESULT_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
 
 
@@ -138,7 +140,7 @@ def train_in_worker(spec: Any, messages: Any, stop: Any, trainer: str = DEFAULT_
 
 def approximate_tokens(lines: tuple[dict, ...]) -> int:
     """A tokenizer-free estimate of the tokens in chat lines (about four characters a token)."""
-    return sum(len(json.dumps(line.get("messages", []), ensure_ascii=False)) for line in lines) // 4
+    return sum(len(json.dumps(line.get("messages", line), ensure_ascii=False)) for line in lines) // 4
 
 
 def adapter_bytes_bound(info: ModelInfo) -> int:
@@ -226,9 +228,10 @@ class JobRunner:
 
     def create(self, request: JobRequest, base: TrainableModel) -> Job:
         """Check a request, store the job and start validating its files."""
-        if request.method != "supervised":
-            raise InvalidRequestError(f"method.type {request.method!r} is not supported here; use 'supervised'.",
-                                      param="method.type", code="unsupported_method")
+        if request.method not in TRAINING_METHODS:
+            raise InvalidRequestError(f"method.type {request.method!r} is not supported here; use one of "
+                                      f"{', '.join(map(repr, TRAINING_METHODS))}.", param="method.type",
+                                      code="unsupported_method")
         reason = untrainable_reason(base)
         if reason:
             raise InvalidRequestError(reason, param="model", code="model_not_trainable")
@@ -243,13 +246,19 @@ class JobRunner:
                 raise InvalidRequestError(f"File {file_id} has purpose {stored.purpose!r}; a {param} needs "
                                           "purpose 'fine-tune'.", param=param)
         choose_hyperparameters(MIN_EXAMPLES_FOR_CHECK, 0, request.hyperparameters)  # 400 on out-of-range values
+        names = ("n_epochs", "batch_size", "learning_rate_multiplier")
+        if request.method == "dpo":
+            choose_beta(request.hyperparameters)
+            names += ("beta",)
+        elif request.hyperparameters.get("beta", "auto") not in ("auto", None):
+            raise InvalidRequestError("hyperparameters.beta is a DPO hyperparameter; use method.type 'dpo'.",
+                                      param="beta", code="invalid_hyperparameters")
         seed = request.seed if request.seed is not None else random.randrange(MAX_SEED)
-        hyperparameters = {k: request.hyperparameters.get(k, "auto") or "auto"
-                           for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
+        hyperparameters = {k: request.hyperparameters.get(k, "auto") or "auto" for k in names}
         job = self.store.add_job({
             "model": base.id, "training_file": request.training_file, "validation_file": request.validation_file,
             "user_provided_suffix": request.suffix, "seed": seed, "metadata": dict(request.metadata or {}) or None,
-            "hyperparameters": hyperparameters, "fine_tuned_model": None, "finished_at": None,
+            "hyperparameters": hyperparameters, "method": request.method, "fine_tuned_model": None, "finished_at": None,
             "trained_tokens": None, "estimated_finish": None, "result_files": [], "error": None,
             "tag": new_id("", 8), "base_path": str(base.info.path), "base_format": base.info.format,
             "adapter_bytes_bound": adapter_bytes_bound(base.info),
@@ -302,7 +311,8 @@ class JobRunner:
             except (MinervaError, OSError):
                 raise TrainingFileError("invalid_training_file", f"The {kind} file {file_id} no longer exists.",
                                         f"{kind}_file") from None
-            lines.append(validate_chat_file(data, kind=kind, min_examples=10 if kind == "training" else 1))
+            validate = validate_preference_file if job.get("method") == "dpo" else validate_chat_file
+            lines.append(validate(data, kind=kind, min_examples=10 if kind == "training" else 1))
         return lines[0], lines[1]
 
     async def _validate(self, job_id: str) -> None:
@@ -339,10 +349,13 @@ class JobRunner:
     def _spec(self, job: Job, train_lines: tuple, valid_lines: tuple) -> TrainingSpec:
         n_epochs, batch_size, learning_rate = choose_hyperparameters(
             len(train_lines), approximate_tokens(train_lines), job.get("hyperparameters") or {})
-        self.store.update_job(job.id, hyperparameters={
-            "n_epochs": n_epochs, "batch_size": batch_size,
-            "learning_rate_multiplier": learning_rate / BASE_LEARNING_RATE})
+        chosen = {"n_epochs": n_epochs, "batch_size": batch_size,
+                  "learning_rate_multiplier": learning_rate / BASE_LEARNING_RATE}
+        method = job.get("method") or "supervised"
+        beta = choose_beta(job.get("hyperparameters") or {})
+        self.store.update_job(job.id, hyperparameters={**chosen, **({"beta": beta} if method == "dpo" else {})})
         return TrainingSpec(base=Path(job.get("base_path")), train_lines=train_lines, valid_lines=valid_lines,
+                            method=method, beta=beta,
                             output_dir=self.store.job_dir(job.id), n_epochs=n_epochs, batch_size=batch_size,
                             learning_rate=learning_rate, seed=job.get("seed"), threads=self._threads)
 

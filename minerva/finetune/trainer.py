@@ -21,13 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from minerva.finetune.dataset import (
-    IGNORE_INDEX,
     ChatFormat,
     Example,
     TrainingDataError,
     count_tokens,
     training_examples,
 )
+from minerva.finetune.dpo import PreferencePair, dpo_step, evaluate_pairs, with_reference
+from minerva.finetune.hyperparameters import DEFAULT_BETA
+from minerva.finetune.preference import preference_chats
+from minerva.finetune.tensors import labelled_logits
 from minerva.formats.detect import read_model_info
 
 logger = logging.getLogger(__name__)
@@ -52,6 +55,8 @@ class TrainingSpec:
     lora_alpha: int = 16
     threads: int | None = None  # torch threads; None: half the cores, so serving keeps going
     max_tokens: int = 2048  # longer examples are cut
+    method: str = "supervised"  # or "dpo": train_lines/valid_lines are preference lines
+    beta: float = DEFAULT_BETA  # DPO only
 
 
 @dataclass(frozen=True)
@@ -130,37 +135,14 @@ def lora_model(model: Any, rank: int, alpha: int) -> Any:
     return get_peft_model(model, config)
 
 
-def _batch(examples: Sequence[Example], pad_id: int) -> tuple[Any, Any, Any]:
-    import torch
-
-    width = max(len(example.input_ids) for example in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example.input_ids)
-        ids[row, :n] = torch.tensor(example.input_ids)
-        labels[row, :n] = torch.tensor(example.labels)
-        mask[row, :n] = 1
-    return ids, labels, mask
-
-
 def _loss_and_hits(model: Any, examples: Sequence[Example], pad_id: int) -> tuple[Any, int, int]:
-    """(summed token loss, correct next tokens, trained tokens) of one batch.
-
-    The output layer and softmax run only where a label is, which most of a chat's tokens are not.
-    """
+    """(summed token loss, correct next tokens, trained tokens) of one batch."""
     import torch
 
-    ids, labels, mask = _batch(examples, pad_id)
-    base = model.get_base_model()
-    hidden = base.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
-    targets = labels[:, 1:]
-    trained = targets != IGNORE_INDEX
-    logits = base.get_output_embeddings()(hidden[trained])
-    loss = torch.nn.functional.cross_entropy(logits, targets[trained], reduction="sum")
-    hits = int((logits.argmax(-1) == targets[trained]).sum())
-    return loss, hits, int(trained.sum())
+    logits, targets, _ = labelled_logits(model, examples, pad_id)
+    loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    hits = int((logits.argmax(-1) == targets).sum())
+    return loss, hits, len(targets)
 
 
 def _evaluate(model: Any, examples: Sequence[Example], batch_size: int, pad_id: int) -> tuple[float, float]:
@@ -209,14 +191,25 @@ def _prune_checkpoints(directory: Path, keep: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def preference_pairs(lines: Sequence[dict], tokenizer: Any, chat: ChatFormat, max_tokens: int) -> list[PreferencePair]:
+    """Validated preference lines → chosen/rejected examples, labelled on their output message only."""
+    pairs = []
+    for line in lines:
+        chosen, rejected = (training_examples([half], tokenizer, chat, max_tokens) for half in preference_chats(line))
+        if chosen and rejected:
+            pairs.append(PreferencePair(chosen[-1], rejected[-1]))
+    return pairs
+
+
 def train(spec: TrainingSpec, report: Report, should_stop: Callable[[], bool]) -> TrainingResult | None:
     """Train a LoRA adapter on spec's data; its result, or None when should_stop asked to stop."""
     import torch
 
     torch.set_num_threads(spec.threads or default_threads())
     model, tokenizer, chat = load_base(spec.base)
-    train_set = training_examples(spec.train_lines, tokenizer, chat, spec.max_tokens)
-    valid_set = training_examples(spec.valid_lines, tokenizer, chat, spec.max_tokens)
+    examples = preference_pairs if spec.method == "dpo" else training_examples
+    train_set = examples(spec.train_lines, tokenizer, chat, spec.max_tokens)
+    valid_set = examples(spec.valid_lines, tokenizer, chat, spec.max_tokens)
     if not train_set:
         raise TrainingDataError("The training file has no assistant message to train on (all have weight 0).")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -228,11 +221,21 @@ def train(spec: TrainingSpec, report: Report, should_stop: Callable[[], bool]) -
     steps_per_epoch = math.ceil(len(train_set) / spec.batch_size)
     total_steps = steps_per_epoch * spec.n_epochs
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: 1.0 - done / total_steps)
+    if spec.method == "dpo":  # the fresh adapter is the identity: its log-probabilities are the reference's
+        train_set = with_reference(model, train_set, spec.batch_size, pad_id)
+        valid_set = with_reference(model, valid_set, spec.batch_size, pad_id)
+        step_on = lambda batch: dpo_step(model, batch, spec.beta, pad_id, optimizer, schedule, MAX_GRAD_NORM)  # noqa: E731
+        evaluate = lambda: evaluate_pairs(model, valid_set, spec.beta, spec.batch_size, pad_id)  # noqa: E731
+        tokens_of = lambda batch: sum(pair.n_tokens for pair in batch)  # noqa: E731
+    else:
+        step_on = lambda batch: _optimizer_step(model, batch, pad_id, optimizer, schedule)  # noqa: E731
+        evaluate = lambda: _evaluate(model, valid_set, spec.batch_size, pad_id)  # noqa: E731
+        tokens_of = count_tokens
     order = torch.Generator().manual_seed(spec.seed)
     checkpoints = spec.output_dir / "checkpoints"
     step, trained_tokens, started = 0, 0, time.monotonic()
-    logger.info("fine-tuning %s: %d examples (%d tokens), %d epochs × %d steps", spec.base.name, len(train_set),
-                count_tokens(train_set), spec.n_epochs, steps_per_epoch)
+    logger.info("fine-tuning %s (%s): %d examples (%d tokens), %d epochs × %d steps", spec.base.name, spec.method,
+                len(train_set), tokens_of(train_set), spec.n_epochs, steps_per_epoch)
     for epoch in range(1, spec.n_epochs + 1):
         permutation = torch.randperm(len(train_set), generator=order).tolist()
         for start in range(0, len(permutation), spec.batch_size):
@@ -240,11 +243,11 @@ def train(spec: TrainingSpec, report: Report, should_stop: Callable[[], bool]) -
                 logger.info("fine-tuning stopped at step %d of %d", step, total_steps)
                 return None
             batch = [train_set[i] for i in permutation[start:start + spec.batch_size]]
-            loss, accuracy = _optimizer_step(model, batch, pad_id, optimizer, schedule)
+            loss, accuracy = step_on(batch)
             step += 1
-            trained_tokens += sum(len(example.input_ids) for example in batch)
+            trained_tokens += tokens_of(batch)
             end_of_epoch = start + spec.batch_size >= len(permutation)
-            valid = _evaluate(model, valid_set, spec.batch_size, pad_id) if end_of_epoch and valid_set else (None, None)
+            valid = evaluate() if end_of_epoch and valid_set else (None, None)
             progress = TrainingProgress(step, total_steps, epoch, loss, accuracy, valid[0], valid[1], trained_tokens)
             report(progress)
         if should_stop():

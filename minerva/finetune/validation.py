@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +97,8 @@ def _check_message(message: Any, where: _Where, index: int) -> bool:
     return False
 
 
-def _check_example(line: Any, where: _Where) -> None:
+def check_chat_example(line: Any, where: _Where) -> None:
+    """Raise TrainingFileError unless the line is a chat example with an assistant message to train on."""
     if not isinstance(line, dict):
         raise where.fail("is not a JSON object.")
     extra = sorted(set(line) - LINE_KEYS)
@@ -117,29 +119,43 @@ def _check_example(line: Any, where: _Where) -> None:
         raise where.fail("has no assistant message with weight 1, so there is nothing to train on.")
 
 
-def validate_chat_file(data: bytes, *, kind: str = "training", min_examples: int = MIN_TRAINING_EXAMPLES
-                       ) -> tuple[dict, ...]:
-    """The examples of a JSONL chat file, or TrainingFileError with OpenAI's code and wording."""
-    param = f"{kind}_file"
+def example_location(kind: str, example: int, line: int) -> _Where:
+    """Where in a training or validation file an example is, for its error messages."""
+    return _Where(kind, f"{kind}_file", example, line)
+
+
+def text_lines(data: bytes, kind: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line of a UTF-8 JSONL file."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise TrainingFileError("invalid_file_format", f"The {kind} file is not UTF-8 text: {exc}.", param) from None
-    examples: list[dict] = []
+        raise TrainingFileError("invalid_file_format", f"The {kind} file is not UTF-8 text: {exc}.",
+                                f"{kind}_file") from None
     for line_number, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
-        where = _Where(kind, param, len(examples) + 1, line_number)
+        if raw.strip():
+            yield line_number, raw
+
+
+def min_examples_error(kind: str, found: int, needed: int) -> TrainingFileError:
+    """OpenAI's invalid_n_examples error."""
+    label = "Training" if kind == "training" else "Validation"
+    return TrainingFileError("invalid_n_examples",
+                             f"{label} file has {found} example(s), but must have at least {needed} examples",
+                             f"{kind}_file")
+
+
+def validate_chat_file(data: bytes, *, kind: str = "training", min_examples: int = MIN_TRAINING_EXAMPLES
+                       ) -> tuple[dict, ...]:
+    """The examples of a JSONL chat file, or TrainingFileError with OpenAI's code and wording."""
+    examples: list[dict] = []
+    for line_number, raw in text_lines(data, kind):
+        where = example_location(kind, len(examples) + 1, line_number)
         try:
             line = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise where.fail(f"cannot be parsed. Error: line contains invalid json: {exc}.") from None
-        _check_example(line, where)
+        check_chat_example(line, where)
         examples.append(line)
     if len(examples) < min_examples:
-        label = "Training" if kind == "training" else "Validation"
-        raise TrainingFileError(
-            "invalid_n_examples",
-            f"{label} file has {len(examples)} example(s), but must have at least {min_examples} examples",
-            param)
+        raise min_examples_error(kind, len(examples), min_examples)
     return tuple(examples)

@@ -55,7 +55,7 @@ class CreateFineTuningJobRequest(BaseModel):
 def job_request_from(body: CreateFineTuningJobRequest) -> JobRequest:
     """The dialect-neutral job request; method.supervised.hyperparameters win over the deprecated top level."""
     method = body.method.type if body.method else "supervised"
-    chosen = body.method.supervised if body.method and body.method.supervised else None
+    chosen = getattr(body.method, method, None) if body.method and method != "reinforcement" else None
     hyperparameters = (chosen.hyperparameters if chosen and chosen.hyperparameters else body.hyperparameters)
     if body.integrations:
         raise InvalidRequestError("integrations are not supported by a local server.", param="integrations")
@@ -74,7 +74,8 @@ def job_object(job: Job) -> dict:
         "hyperparameters": hyperparameters, "trained_tokens": job.get("trained_tokens"), "error": job.get("error"),
         "seed": job.get("seed"), "estimated_finish": job.get("estimated_finish"), "integrations": None,
         "metadata": job.get("metadata"), "user_provided_suffix": job.get("user_provided_suffix"),
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        "method": {"type": job.get("method") or "supervised",
+                   job.get("method") or "supervised": {"hyperparameters": hyperparameters}},
     }
 
 
