@@ -290,3 +290,19 @@ def test_an_unregistered_fine_tuned_model_is_gone(client, server, adapter_gguf):
         client.models.retrieve(model_id)
     with pytest.raises(openai.NotFoundError):
         _answer(client, model_id)
+
+
+def test_deleting_a_served_fine_tuned_model_frees_its_adapter_context(client, server, adapter_gguf, tmp_path):
+    own_copy = tmp_path / "to-delete.gguf"  # its own path, so its context is not the other tests' adapter's
+    own_copy.write_bytes(adapter_gguf.read_bytes())
+    model_id = f"ft:{BASE_GGUF_ID}:local:deleted:dd11dd11"
+    register_fine_tuned(server.state.registry, model_id, BASE_GGUF_ID, own_copy)
+    _answer(client, BASE_GGUF_ID)
+    engine = server.state.pool.loaded()[BASE_GGUF_ID]
+    before = engine.stats().total_slots
+    _answer(client, model_id)
+    assert engine.stats().total_slots == before + 2  # the adapter's own context and slots
+    assert client.models.delete(model_id).deleted
+    assert engine.stats().total_slots == before
+    with pytest.raises(openai.NotFoundError):
+        _answer(client, model_id)

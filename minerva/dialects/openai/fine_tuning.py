@@ -156,7 +156,9 @@ async def delete_model(model_id: str, request: Request) -> JSONResponse:
     if state.registry.get(model_id).adapter is None:
         raise InvalidRequestError(f"The model '{model_id}' is not a fine-tuned model; only those can be deleted.",
                                   param="model")
-    unregister_fine_tuned(state.registry, model_id)
+    model = unregister_fine_tuned(state.registry, model_id)
+    if model is not None:  # free the adapter's context (llama.cpp) or weights (PEFT) in the loaded base
+        await state.pool.drop_adapter(model)
     if runner is not None:
         runner.forget_model(model_id)
     return JSONResponse({"id": model_id, "object": "model", "deleted": True})
