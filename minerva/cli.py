@@ -13,9 +13,13 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from minerva.core.errors import InvalidRequestError, MinervaError
 from minerva.settings import Settings, build_settings, parse_model_registration
+
+if TYPE_CHECKING:
+    from minerva.registry import ModelRegistry, RegisteredModel
 
 logger = logging.getLogger("minerva")
 
@@ -199,11 +203,11 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps(model_list(models, set()), indent=2))
         return 0
     table = Table(title=f"{len(models)} model(s)")
-    for column in ("id", "format", "quant", "size", "params", "arch", "context", "kind", "template"):
+    for column in ("id", "source", "format", "quant", "size", "params", "arch", "context", "kind", "template"):
         table.add_column(column, justify="right" if column in ("size", "params", "context") else "left")
     for model in models:
         info = model.info
-        table.add_row(model.id, info.format, info.quantization or "-", f"{info.file_size_mb:,.1f} MB",
+        table.add_row(model.id, model.source, info.format, info.quantization or "-", f"{info.file_size_mb:,.1f} MB",
                       _human_count(info.parameter_count), info.architecture or "-",
                       f"{info.context_length:,}" if info.context_length else "-", info.kind,
                       "yes" if info.has_chat_template else "no")
@@ -229,15 +233,22 @@ def _human_count(count: int) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """Print every header-derived fact about one model file or directory."""
+    """Print every header-derived fact about one model file or directory (or registered model id)."""
     from dataclasses import asdict
 
+    from minerva.api.app import build_registry
+    from minerva.discovery.describe import provenance
     from minerva.formats.detect import read_model_info
 
-    info = read_model_info(args.path)
+    model = registered_model(build_registry(_settings_from(args)), args.path)
+    info = model.info if model is not None else read_model_info(Path(args.path).expanduser())
     data = asdict(info)
     data["file_size_mb"] = info.file_size_mb
     data["has_chat_template"] = info.has_chat_template
+    if model is not None:
+        data = {"id": model.id, "source": model.source, **data}
+        if model.discovered is not None:
+            data.update(provenance(model.discovered, info.has_chat_template))
     if args.json:
         print(json.dumps(data, indent=2, default=str))
         return 0
@@ -251,6 +262,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         table.add_row(key, Text(display_value(value)))  # Text: a path's brackets are not markup
     _console().print(table)
     return 0
+
+
+def registered_model(registry: ModelRegistry, target: str) -> RegisteredModel | None:
+    """The registered model with this id, or whose file or directory this path is; None when none is."""
+    models = registry.list()
+    by_id = {model.id: model for model in models}
+    if target in by_id:
+        return by_id[target]
+    path = Path(target).expanduser()
+    if not path.exists():
+        return None
+    real = os.path.realpath(path)
+    return next((m for m in models if real in (os.path.realpath(m.info.path),
+                                              os.path.realpath(m.discovered.origin) if m.discovered else None)), None)
 
 
 def display_value(value: object) -> str:
@@ -340,8 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)
 
-    inspect = commands.add_parser("inspect", help="show the metadata of one model file or directory")
-    inspect.add_argument("path", type=Path)
+    inspect = commands.add_parser("inspect", help="show the metadata of one model file or directory, or model id")
+    _add_model_flags(inspect)
+    inspect.add_argument("path", help="a model file or directory, or the id of a registered model")
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(func=cmd_inspect)
 

@@ -1,4 +1,5 @@
-"""The model registry: stable ids → ModelInfo, from directories, explicit registrations and the default."""
+"""The model registry: stable ids → ModelInfo, from explicit registrations, the default, directories and
+the stores of other tools (minerva.discovery)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import hashlib
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from minerva.core.errors import InvalidRequestError, ModelFormatError, ModelNotFoundError
+from minerva.discovery import DiscoveredModel, StoreLocation
+from minerva.discovery.cache import StoreCache
 from minerva.formats.detect import discover_models, read_model_info
 from minerva.formats.model_info import ModelInfo
 
@@ -31,12 +35,13 @@ class RegisteredModel:
 
     id: str
     info: ModelInfo
-    source: str  # "explicit", "default", "dir" or "fine_tuned"
+    source: str  # "explicit", "default", "dir", "fine_tuned", or the discovery store ("ollama", "huggingface"...)
     fingerprint: Fingerprint
     engine: str = ""  # the engine package that serves it (minerva.engine.<name>); by format when empty
     base: RegisteredModel | None = None  # a fine-tuned model: the model whose engine serves it
     adapter: str | None = None  # a fine-tuned model: its LoRA adapter (a GGUF file or a PEFT directory)
     adapter_fingerprint: Fingerprint | None = None
+    discovered: DiscoveredModel | None = None  # a model another tool downloaded: where, and that store's facts
 
     def __post_init__(self) -> None:
         if not self.engine:
@@ -64,6 +69,7 @@ class _Candidate:
     explicit_id: str
     source: str
     priority: int
+    discovered: DiscoveredModel | None = None
 
 
 def derive_model_id(path: Path) -> str:
@@ -80,16 +86,16 @@ def derive_model_id(path: Path) -> str:
 def fingerprint_of(path: Path) -> Fingerprint | None:
     """(size, mtime) of a model file, or summed over a directory's files; None when it is gone."""
     try:
-        if path.is_dir():
+        st = os.stat(path)  # one stat per listing and model: the registry lists on every /v1/models
+        if stat.S_ISDIR(st.st_mode):
             size, newest = 0, 0
             with os.scandir(path) as entries:
                 for entry in entries:
                     if entry.is_file():
-                        st = entry.stat()
-                        size += st.st_size
-                        newest = max(newest, st.st_mtime_ns)
+                        entry_st = entry.stat()
+                        size += entry_st.st_size
+                        newest = max(newest, entry_st.st_mtime_ns)
             return size, newest
-        st = path.stat()
         if SPLIT_SUFFIX.search(path.stem):
             size, newest = 0, 0
             prefix = SPLIT_SUFFIX.sub("", path.stem)
@@ -127,12 +133,18 @@ def check_adapter_for(base: RegisteredModel, adapter: Path) -> None:
         raise InvalidRequestError(f"'{base.id}' is served by transformers: its adapter must be a PEFT directory.")
 
 
+def _candidate_order(item: tuple[_Candidate, Fingerprint | None]) -> tuple[int, str, str]:
+    """Priority first; a store's models by their id, everything else by path."""
+    candidate = item[0]
+    return candidate.priority, candidate.discovered.id if candidate.discovered else "", str(candidate.path)
+
+
 def _disambiguate(base: str, path: Path) -> str:
     return f"{base}-{hashlib.sha1(str(path).encode()).hexdigest()[:6]}"
 
 
 class ModelRegistry:
-    """Resolves model ids; rescans its directories on every listing, reparsing only changed files."""
+    """Resolves model ids; rescans its directories and stores on every listing, reparsing only changed files."""
 
     def __init__(
         self,
@@ -140,8 +152,12 @@ class ModelRegistry:
         explicit: dict[str, Path] | None = None,
         default_model: Path | None = None,
         default_model_id: str = "smollm2-135m-instruct",
+        discovery: Iterable[StoreLocation] = (),
     ):
         self._dirs = [Path(d) for d in models_dirs]
+        self._locations = tuple(discovery)
+        self._stores = StoreCache()
+        self._labels: dict[Path, str] = {}  # a discovered model's path -> how failures name it
         self._explicit = dict(explicit or {})
         self._default = (default_model_id, default_model) if default_model else None
         self._infos: dict[Path, tuple[Fingerprint, ModelInfo]] = {}
@@ -160,6 +176,9 @@ class ModelRegistry:
         for index, directory in enumerate(self._dirs):
             for root in self._scan_directory(directory):
                 found.append(_Candidate(root, "", "dir", 2 + index))
+        for index, location in enumerate(self._locations, start=2 + len(self._dirs)):
+            for model in self._stores.scan(location).found:
+                found.append(_Candidate(model.path, model.id, model.store, index, model))
         return found
 
     def _scan_directory(self, directory: Path) -> list[Path]:
@@ -206,25 +225,29 @@ class ModelRegistry:
         candidates = self._candidates()
         fingerprints = [(c, fingerprint_of(c.path)) for c in candidates]
         tuned = tuple((model_id, entry, fingerprint_of(entry.adapter)) for model_id, entry in self._fine_tuned.items())
-        key = (tuple((c.path, c.explicit_id, fp) for c, fp in fingerprints), tuned)
+        key = (tuple((c.path, c.explicit_id, c.discovered, fp) for c, fp in fingerprints), tuned)
         if self._snapshot and self._snapshot[0] == key:
             return self._snapshot[1]
         models: dict[str, RegisteredModel] = {}
         seen_paths: set[Path] = set()
-        for candidate, fp in sorted(fingerprints, key=lambda item: (item[0].priority, str(item[0].path))):
+        self._labels = {c.path: f"{c.source} {c.explicit_id}" for c, _ in fingerprints if c.discovered}
+        seen_targets: set[str] = set()  # what the registered paths resolve to (an HF snapshot link: its blob)
+        for candidate, fp in sorted(fingerprints, key=_candidate_order):
             resolved = candidate.path.absolute()
-            if fp is None or resolved in seen_paths:
-                if fp is None and candidate.source != "dir":
+            target = os.path.realpath(candidate.path)
+            if fp is None or resolved in seen_paths or (candidate.discovered and target in seen_targets):
+                if fp is None and candidate.source in ("explicit", "default"):
                     logger.warning("registered model %s not found at %s", candidate.explicit_id, candidate.path)
                 continue
             info = self._info_for(candidate.path, fp)
             if info is None:
                 continue
             seen_paths.add(resolved)
+            seen_targets.add(target)
             model_id = candidate.explicit_id or derive_model_id(candidate.path)
             if model_id in models:
                 model_id = _disambiguate(model_id, candidate.path)
-            models[model_id] = RegisteredModel(model_id, info, candidate.source, fp)
+            models[model_id] = RegisteredModel(model_id, info, candidate.source, fp, discovered=candidate.discovered)
         for model_id, entry, adapter_fp in tuned:
             base = models.get(entry.base_id)
             if base is None or adapter_fp is None or model_id in models:
@@ -270,9 +293,20 @@ class ModelRegistry:
         del self._fine_tuned[model_id]
         return model
 
+    @property
+    def store_locations(self) -> tuple[StoreLocation, ...]:
+        """Where this registry looks for models other tools downloaded."""
+        return self._locations
+
     def failures(self) -> dict[Path, str]:
-        """Files that were found but could not be read, with the reason."""
-        return {path: reason for path, (_, reason) in self._failures.items()}
+        """Files that were found but could not be read, and what the stores hold but do not serve, with the reason."""
+        failures = {path: f"{self._labels[path]}: {reason}" if path in self._labels else reason
+                    for path, (_, reason) in self._failures.items()}
+        scans = self._stores.scans()
+        for location in self._locations:
+            for skipped in scans[location].skipped if location in scans else ():
+                failures.setdefault(skipped.path, f"{skipped.store} {skipped.name}: {skipped.reason}")
+        return failures
 
 
 def register_fine_tuned(registry: ModelRegistry, model_id: str, base_id: str, adapter_path: Path) -> RegisteredModel:

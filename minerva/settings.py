@@ -11,6 +11,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from minerva.core.errors import InvalidRequestError
+from minerva.discovery import DISCOVERY_STORES
 from minerva.generation.decode import DEFAULT_MAX_TOKENS
 from minerva.generation.repetition import DEFAULT_MAX_PERIOD, DEFAULT_MIN_REPEATS, DEFAULT_MIN_TOKENS
 
@@ -25,6 +26,8 @@ class Settings(BaseSettings):
     models_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=lambda: [Path("~/.minerva/models")])
     models: dict[str, Path] = Field(default_factory=dict)  # explicit id -> path registrations
     include_default_model: bool = True
+    discover: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DISCOVERY_STORES))  # other tools' stores read
+    discover_paths: dict[str, list[Path]] = Field(default_factory=dict)  # store -> roots, instead of its default locations
     config_file: Path | None = None
     data_dir: Path = Path("~/.minerva")  # uploaded files, fine-tuning jobs and their adapters (SQLite + plain files)
     finetune_threads: int | None = None  # torch threads of a training job; None: half the cores
@@ -36,6 +39,7 @@ class Settings(BaseSettings):
     use_mmap: bool = False  # True: map GGUF weights (faster loads) but truncating a loaded file crashes
     queue_limit: int = 64  # requests waiting per model before 429
     prompt_cache_mb: int = 2048  # host memory per GGUF model for evicted slots' KV cells (0: off)
+    speculation_max_draft: int = Field(default=16, ge=0)  # GGUF: n-gram draft tokens verified per step (0: off)
     safetensors_dtype: str = "auto"  # auto: as stored, half precision upcast where float32 is measured faster
     idle_ttl_s: float = 1800.0  # unload a model idle this long (0: never)
     memory_budget_mb: int | None = None  # None: 80% of physical memory
@@ -55,10 +59,10 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = 30.0
     log_level: str = "info"
 
-    @field_validator("models_dirs", "api_keys", "cors_origins", mode="before")
+    @field_validator("models_dirs", "api_keys", "cors_origins", "discover", mode="before")
     @classmethod
     def _split_env_lists(cls, value: Any, info: ValidationInfo) -> Any:
-        """MINERVA_API_KEYS="k1,k2"; MINERVA_MODELS_DIRS="a,b" (or os.pathsep-separated)."""
+        """MINERVA_API_KEYS="k1,k2"; MINERVA_MODELS_DIRS="a,b" (or os.pathsep-separated); MINERVA_DISCOVER="" for none."""
         if not isinstance(value, str):
             return value
         if info.field_name == "models_dirs":
@@ -69,6 +73,20 @@ class Settings(BaseSettings):
     @classmethod
     def _expand_dirs(cls, value: list[Path]) -> list[Path]:
         return [Path(p).expanduser() for p in value]
+
+    @field_validator("discover", mode="after")
+    @classmethod
+    def _known_stores(cls, value: list[str]) -> list[str]:
+        unknown = [store for store in value if store not in DISCOVERY_STORES]
+        if unknown:
+            raise ValueError(f"unknown discovery store(s) {', '.join(unknown)}; known: {', '.join(DISCOVERY_STORES)}")
+        return value
+
+    @field_validator("discover_paths", mode="after")
+    @classmethod
+    def _expand_store_paths(cls, value: dict[str, list[Path]]) -> dict[str, list[Path]]:
+        cls._known_stores(list(value))
+        return {store: [Path(p).expanduser() for p in roots] for store, roots in value.items()}
 
     @field_validator("data_dir", mode="after")
     @classmethod

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import atexit
+import json
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from minerva.default_model import default_model_path
+from minerva.discovery import DISCOVERY_STORES
 from minerva.settings import Settings
 from tests.servers import RunningServer, free_port, running_server  # noqa: F401 - shared with test modules
+
+# Discovery is on by default: every Settings() and server of the suite (subprocesses inherit the
+# environment) reads one empty directory as each store, never the machine's Ollama/HF/LM Studio/llama.cpp.
+NO_STORES = tempfile.mkdtemp(prefix="minerva-no-stores-")
+os.environ["MINERVA_DISCOVER_PATHS"] = json.dumps({store: [NO_STORES] for store in DISCOVERY_STORES})
+atexit.register(shutil.rmtree, NO_STORES, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

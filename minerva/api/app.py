@@ -6,16 +6,22 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
+
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from minerva import __version__
 from minerva.api.errors import Dialect, ErrorEnvelopes, install_error_handlers
 from minerva.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
+from minerva.api.routes_admin import router as admin_router
 from minerva.api.routes_metrics import router as metrics_router
+from minerva.api.routes_web import router as web_router
 from minerva.api.state import ServerState
 from minerva.default_model import default_model_path
+from minerva.discovery import store_locations
 from minerva.engine.pool import EngineLoader, EnginePool, load_engine
 from minerva.registry import ModelRegistry
 from minerva.settings import Settings
@@ -23,7 +29,7 @@ from minerva.settings import Settings
 logger = logging.getLogger(__name__)
 
 DIALECTS = ("minerva.dialects.openai.routes", "minerva.dialects.openai_responses.routes",
-            "minerva.dialects.anthropic.routes")
+            "minerva.dialects.anthropic.routes", "minerva.dialects.ollama.routes")
 """The client APIs served, one registry: each module's DIALECT has its router and error envelope."""
 
 UPLOAD_PATHS = ("/v1/files",)
@@ -36,9 +42,10 @@ def load_dialects() -> tuple[Dialect, ...]:
 
 
 def build_registry(settings: Settings) -> ModelRegistry:
-    """The registry the settings describe (directories, explicit models, the embedded default)."""
+    """The registry the settings describe (directories, explicit models, the embedded default, other tools' stores)."""
     default = default_model_path() if settings.include_default_model else None
-    return ModelRegistry(settings.models_dirs, settings.models, default)
+    stores = store_locations(settings.discover, settings.discover_paths, os.environ, Path.home())
+    return ModelRegistry(settings.models_dirs, settings.models, default, discovery=stores)
 
 
 def create_app(settings: Settings | None = None, *, loader: EngineLoader = load_engine,
@@ -78,6 +85,8 @@ def create_app(settings: Settings | None = None, *, loader: EngineLoader = load_
     for dialect in dialects:
         app.include_router(dialect.router)
     app.include_router(metrics_router)
+    app.include_router(admin_router)
+    app.include_router(web_router)
 
     def openapi_without_422() -> dict:
         # Validation errors are answered as 400 in the OpenAI envelope (documented per route), never 422.

@@ -18,7 +18,8 @@ from minerva.metrics import RequestRecord, ServerMetrics
 
 logger = logging.getLogger("minerva.access")
 
-OPEN_PATHS = frozenset({"/health", "/metrics"})
+OPEN_PATHS = frozenset({"/health", "/metrics", "/"})
+OPEN_PREFIXES = ("/web/",)  # the web page's static files: they hold no data, and the page asks for the key
 UPLOAD_SPOOL_BYTES = 1024 * 1024  # an upload larger than this waits for the app in a temporary file
 REPLAY_CHUNK_BYTES = 1024 * 1024
 
@@ -114,6 +115,7 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self._keys and scope["path"] not in OPEN_PATHS \
+                and not scope["path"].startswith(OPEN_PREFIXES) \
                 and scope.get("method") != "OPTIONS" and not self._authorized(scope):
             message = "Incorrect or missing API key. Send 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
             await send_error(send, scope, self._envelopes, AuthenticationError(message),

@@ -100,9 +100,14 @@ async def respond(request: Request, model_id: str, stream: bool, open_reply: Rep
     events = recording(reply.events, record)
     if stream:
         async def body() -> AsyncIterator[bytes]:
-            async with stack:
-                async for data in reply.stream_body(with_keepalive(events, state.settings.keepalive_interval_s)):
-                    yield data
+            try:
+                async with stack:
+                    async for data in reply.stream_body(with_keepalive(events, state.settings.keepalive_interval_s)):
+                        yield data
+            except (asyncio.CancelledError, GeneratorExit):  # the client left mid-stream: generation is cancelled
+                if record is not None:
+                    record.outcome = "client_disconnected"
+                raise
         return reply.streaming_response(body())
     async with stack:
         collected = await collect_unless_disconnected(request, events)

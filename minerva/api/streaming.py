@@ -1,4 +1,4 @@
-"""Streaming bodies every dialect frames its events with: SSE lines, keep-alive marks while waiting."""
+"""Streaming bodies every dialect frames its events with: SSE lines or NDJSON lines, keep-alive marks while waiting."""
 
 from __future__ import annotations
 
@@ -78,3 +78,25 @@ async def with_keepalive(items: AsyncIterator[T], interval_s: float) -> AsyncIte
 def sse_response(body: AsyncIterator[bytes]) -> StreamingResponse:
     """A text/event-stream response around an SSE body."""
     return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+NDJSON_MEDIA_TYPE = "application/x-ndjson"
+NDJSON_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+LINE_BREAKS_JSON_KEEPS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+"""Characters JSON leaves unescaped that line readers such as Python's splitlines (httpx) break lines at."""
+
+
+def ndjson_line(payload: dict) -> bytes:
+    """One NDJSON line: compact JSON of one object with no line break inside, then a newline."""
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    for char, escaped in LINE_BREAKS_JSON_KEEPS.items():
+        if char in text:
+            text = text.replace(char, escaped)
+    return text.encode() + b"\n"
+
+
+def ndjson_response(body: AsyncIterator[bytes]) -> StreamingResponse:
+    """An application/x-ndjson response around a body of NDJSON lines (Ollama's streaming)."""
+    return StreamingResponse(body, media_type=NDJSON_MEDIA_TYPE, headers=NDJSON_HEADERS)

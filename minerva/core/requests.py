@@ -93,6 +93,7 @@ class Sampling:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repeat_penalty: float | None = None
+    penalty_last_n: int | None = None  # tokens the penalties look back over (0: none, -1: the whole context)
     seed: int | None = None
     logit_bias: tuple[tuple[int, float], ...] = ()
 
@@ -144,3 +145,4 @@ class EmbeddingRequest:
 
     inputs: tuple[str | tuple[int, ...], ...]
     dimensions: int | None = None
+    truncate: bool = False  # cut text inputs longer than the context to fit (their special tokens kept)

@@ -10,6 +10,7 @@ from minerva.core.events import ChoiceEnd, Event, StreamFailed, TextDelta, Usage
 from minerva.core.requests import CompletionRequest
 from minerva.engine.base import Engine, GenerationRequest
 from minerva.generation.checks import check_token_ids, refuse_embedding_model
+from minerva.generation.fim import fim_prompt_tokens
 from minerva.generation.decode import Finished, OutputPolicy, TextPiece, clamp_max_tokens, generate_choice, \
     merge_choices
 from minerva.generation.sampling import sampling_params
@@ -30,14 +31,17 @@ def prepare_completion(request: CompletionRequest, engine: Engine, model_id: str
                        policy: OutputPolicy = OutputPolicy()) -> PreparedCompletion:
     """Tokenize prompts, check the context and build one generation request per choice (4xx raised here)."""
     refuse_embedding_model(engine, model_id)
-    if request.suffix:
-        raise InvalidRequestError("suffix (fill-in-the-middle) is not supported for this model", param="suffix")
+    if request.suffix and any(not isinstance(prompt, str) for prompt in request.prompts):
+        raise InvalidRequestError("suffix (fill-in-the-middle) needs prompts as text, not token ids", param="suffix")
     vocab = engine.info.vocab_size
     check_token_ids((token for token, _ in request.sampling.logit_bias), vocab, "logit_bias")
     want_logprobs = request.logprobs is not None
     generations, echoes = [], []
     for prompt in request.prompts:
-        if isinstance(prompt, str):
+        if isinstance(prompt, str) and request.suffix:
+            tokens = fim_prompt_tokens(engine, prompt, request.suffix, model_id)
+            text = prompt
+        elif isinstance(prompt, str):
             tokens = engine.tokenize(prompt, add_special=True, parse_special=False)
             text = prompt
         else:

@@ -37,6 +37,16 @@ def require_embedding_model(info: ModelInfo, model_id: str) -> None:
                                   "choose a model whose capabilities include embeddings.", param="model")
 
 
+def truncated_tokens(engine: Engine, text: str, tokens: list[int]) -> list[int]:
+    """A text's tokens cut to the context: the text's own tokens are cut, the special tokens around them kept."""
+    plain = engine.tokenize(text, add_special=False, parse_special=False)
+    extra = len(tokens) - len(plain)
+    lead = next((i for i in range(max(0, extra) + 1) if tokens[i:i + len(plain)] == plain), None)
+    if lead is None or engine.n_ctx <= extra:
+        return tokens[:engine.n_ctx]
+    return [*tokens[:lead], *plain[:engine.n_ctx - extra], *tokens[lead + len(plain):]]
+
+
 def prepare_embedding(request: EmbeddingRequest, engine: Engine, model_id: str) -> PreparedEmbedding:
     """Tokenize strings (token-id inputs pass as given) and check the request against the model."""
     require_embedding_model(engine.info, model_id)
@@ -51,6 +61,8 @@ def prepare_embedding(request: EmbeddingRequest, engine: Engine, model_id: str) 
             if not item:
                 raise InvalidRequestError("input must not contain empty strings", param="input")
             tokens = engine.tokenize(item, add_special=True, parse_special=False)
+            if request.truncate and len(tokens) > engine.n_ctx:
+                tokens = truncated_tokens(engine, item, tokens)
         else:
             if not item:
                 raise InvalidRequestError("input must not contain empty token lists", param="input")

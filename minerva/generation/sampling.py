@@ -30,6 +30,7 @@ def sampling_params(
         presence_penalty=request.presence_penalty or 0.0,
         frequency_penalty=request.frequency_penalty or 0.0,
         repeat_penalty=request.repeat_penalty or 1.0,
+        **({} if request.penalty_last_n is None else {"penalty_last_n": request.penalty_last_n}),
         seed=seed,
         logit_bias=tuple(sorted(request.logit_bias)),
         grammar=grammar,
