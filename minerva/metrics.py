@@ -124,6 +124,10 @@ class EngineCollector(Collector):
                                  "included).", labels=["model"])
         reused = CounterMetricFamily("minerva_engine_cached_prompt_tokens", "Prompt tokens served from the "
                                      "prefix cache since the model was loaded.", labels=["model"])
+        drafted = CounterMetricFamily("minerva_draft_tokens", "Speculative draft tokens verified since the model "
+                                      "was loaded.", labels=["model"])
+        accepted = CounterMetricFamily("minerva_draft_accepted_tokens", "Speculative draft tokens the sampler kept "
+                                       "(acceptance rate: this over minerva_draft_tokens).", labels=["model"])
         engines = dict(self._pool.loaded())
         sizes = dict(self._pool.memory_bytes())
         loaded.add_metric([], len(engines))
@@ -139,7 +143,9 @@ class EngineCollector(Collector):
             total.add_metric([model_id], stats.total_slots)
             held.add_metric([model_id], stats.kv_tokens_held)
             reused.add_metric([model_id], stats.cached_tokens_total)
-        yield from (loaded, memory, queued, active, total, held, reused)
+            drafted.add_metric([model_id], stats.draft_tokens_total)
+            accepted.add_metric([model_id], stats.draft_accepted_total)
+        yield from (loaded, memory, queued, active, total, held, reused, drafted, accepted)
 
 
 class ServerMetrics:

@@ -80,10 +80,11 @@ class RequestContextMiddleware:
             usage = record.usage
             logger.info(
                 "%s %s %s status=%s model=%s prompt_tokens=%s completion_tokens=%s cached_tokens=%s "
-                "ttft_ms=%s total_ms=%.1f outcome=%s",
+                "draft_accepted=%s ttft_ms=%s total_ms=%.1f outcome=%s",
                 request_id, scope.get("method"), scope.get("path"), record.status, record.model or "-",
                 usage.prompt_tokens if usage else "-", usage.completion_tokens if usage else "-",
                 usage.cached_tokens if usage else "-",
+                f"{usage.draft_accepted}/{usage.draft_tokens}" if usage and usage.draft_tokens else "-",
                 f"{(record.first_token - started) * 1000:.1f}" if record.first_token is not None else "-",
                 elapsed_ms, record.outcome or outcome,
             )

@@ -32,6 +32,8 @@ class TokenEvent:
     piece: bytes
     logprob: float | None = None
     top_logprobs: tuple[TokenLogprob, ...] = ()
+    drafted: int = 0  # speculation: draft tokens verified in the step this token was the first of
+    from_draft: bool = False  # speculation: the token was a draft token the sampler kept
 
 
 Logprobs = tuple[TokenEvent, ...]
@@ -108,6 +110,8 @@ class Usage:
     completion_tokens: int
     cached_tokens: int = 0
     reasoning_tokens: int = 0  # of completion_tokens, the tokens of reasoning text
+    draft_tokens: int = 0  # speculation: draft tokens verified
+    draft_accepted: int = 0  # ... and kept
 
     @property
     def total_tokens(self) -> int:

@@ -196,6 +196,7 @@ async def _choice_events(prepared: PreparedChat, engine: Engine, index: int) -> 
 async def chat_events(prepared: PreparedChat, engine: Engine) -> AsyncIterator[Event]:
     """The events of every choice as they come, then one Usage; a typed failure mid-stream ends it."""
     prompt_tokens, completion_total, cached_tokens, reasoning_total = 0, 0, 0, 0
+    drafted, accepted = 0, 0
     try:
         async for _, item in merge_choices([_choice_events(prepared, engine, i) for i in range(prepared.n)]):
             if isinstance(item, Finished):
@@ -203,9 +204,10 @@ async def chat_events(prepared: PreparedChat, engine: Engine) -> AsyncIterator[E
                 cached_tokens = max(cached_tokens, item.cached_tokens)
                 completion_total += item.completion_tokens
                 reasoning_total += item.reasoning_tokens
+                drafted, accepted = drafted + item.draft_tokens, accepted + item.draft_accepted
             else:
                 yield item
     except MinervaError as exc:
         yield StreamFailed(exc)
         return
-    yield Usage(prompt_tokens, completion_total, cached_tokens, reasoning_total)
+    yield Usage(prompt_tokens, completion_total, cached_tokens, reasoning_total, drafted, accepted)

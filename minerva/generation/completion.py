@@ -64,7 +64,7 @@ async def completion_events(prepared: PreparedCompletion, engine: Engine) -> Asy
     for index, echo in enumerate(prepared.echoes):
         if echo:
             yield TextDelta(echo, index)
-    prompt_total, completion_total, cached_total = 0, 0, 0
+    prompt_total, completion_total, cached_total, drafted, accepted = 0, 0, 0, 0, 0
     counted_prompts: set[tuple[int, ...]] = set()
     streams = [generate_choice(engine, g, prepared.stops, prepared.policy) for g in prepared.generations]
     try:
@@ -80,8 +80,9 @@ async def completion_events(prepared: PreparedCompletion, engine: Engine) -> Asy
                     prompt_total += event.prompt_tokens
                     cached_total += event.cached_tokens
                 completion_total += event.completion_tokens
+                drafted, accepted = drafted + event.draft_tokens, accepted + event.draft_accepted
                 yield ChoiceEnd(index, event.reason, event.stop_sequence)
     except MinervaError as exc:
         yield StreamFailed(exc)
         return
-    yield Usage(prompt_total, completion_total, cached_total)
+    yield Usage(prompt_total, completion_total, cached_total, draft_tokens=drafted, draft_accepted=accepted)

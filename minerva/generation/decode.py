@@ -40,6 +40,19 @@ class TextPiece:
     tokens: tuple[TokenEvent, ...] = ()
 
 
+@dataclass
+class DraftCount:
+    """Speculation's draft tokens over one choice's token events."""
+
+    drafted: int = 0
+    accepted: int = 0
+
+    def add(self, event: TokenEvent) -> None:
+        """Count one token event."""
+        self.drafted += event.drafted
+        self.accepted += event.from_draft
+
+
 @dataclass(frozen=True)
 class Finished:
     """How one choice ended and what it cost."""
@@ -50,6 +63,8 @@ class Finished:
     cached_tokens: int
     stop_sequence: str | None = None
     reasoning_tokens: int = 0  # of completion_tokens, those spent reasoning (counted by the output parser's side)
+    draft_tokens: int = 0  # speculation: draft tokens verified
+    draft_accepted: int = 0  # ... and kept (each one a completion token)
 
 
 ChoiceEvent = TextPiece | Finished
@@ -101,6 +116,7 @@ async def generate_choice(
     guard = None if policy.repetition is None else _RepetitionGuard(policy.repetition, policy, request)
     completion_tokens = 0
     cached_tokens = 0
+    drafts = DraftCount()
     if request.max_tokens == 0:
         yield Finished("length", len(request.prompt_tokens), 0, 0)
         return
@@ -110,17 +126,19 @@ async def generate_choice(
                 cached_tokens = event.cached_tokens
             elif isinstance(event, TokenEvent):
                 completion_tokens += 1
+                drafts.add(event)
                 text = matcher.feed(decoder.feed(event.piece))
                 yield TextPiece(text, (event,))
                 if matcher.stopped:
                     yield Finished("stop_sequence", len(request.prompt_tokens), completion_tokens, cached_tokens,
-                                   matcher.matched)
+                                   matcher.matched, draft_tokens=drafts.drafted, draft_accepted=drafts.accepted)
                     return
                 if guard is not None and guard.cuts(event):
                     tail = matcher.feed(decoder.flush()) + matcher.flush()
                     if tail:
                         yield TextPiece(tail)
-                    yield Finished("length", len(request.prompt_tokens), completion_tokens, cached_tokens)
+                    yield Finished("length", len(request.prompt_tokens), completion_tokens, cached_tokens,
+                                   draft_tokens=drafts.drafted, draft_accepted=drafts.accepted)
                     return
             elif isinstance(event, GenerationEnd):
                 tail = matcher.feed(decoder.flush())
@@ -128,7 +146,8 @@ async def generate_choice(
                 if tail:
                     yield TextPiece(tail)
                 reason: FinishReason = "end" if event.finish_reason == "stop" else "length"
-                yield Finished(reason, event.prompt_tokens, event.completion_tokens, event.cached_tokens)
+                yield Finished(reason, event.prompt_tokens, event.completion_tokens, event.cached_tokens,
+                               draft_tokens=drafts.drafted, draft_accepted=drafts.accepted)
                 return
 
 

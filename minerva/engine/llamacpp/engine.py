@@ -77,12 +77,14 @@ class LlamaCppEngine:
         use_mmap: bool = False,
         flash_attn: bool | None = None,
         prompt_cache_mb: int = 0,
+        max_draft: int = 0,
     ) -> LlamaCppEngine:
         """Load a GGUF model; n_ctx (default: its trained context) is what one sequence may hold.
 
         The KV memory holds n_slots * n_ctx cells so every slot can hold a full sequence; n_ctx beyond
         the trained length turns on RoPE scaling (YaRN unless `rope_scaling` says otherwise).
         prompt_cache_mb: host memory for the KV cells of evicted slots, restored when a prompt continues them.
+        max_draft: n-gram draft tokens verified per step and sequence (0: no speculation).
         flash_attn: None (default) lets llama.cpp decide. False decoded long shared-prefix contexts
         several times faster on CPU here, but batched greedy output then drifted from solo output
         sooner and one shared-prefix test stalled; not the default until that is understood.
@@ -115,6 +117,7 @@ class LlamaCppEngine:
             prefill_chunk=max(1, min(prefill_chunk, n_batch)),
             queue_limit=queue_limit,
             saved_prompts_bytes=max(0, prompt_cache_mb) * 2**20,
+            max_draft=max(0, max_draft),
         )
         engine._scheduler = BatchScheduler(
             gen_ctx, engine._vocab, engine._n_vocab, config, engine.token_piece, name=info.name
@@ -127,7 +130,7 @@ class LlamaCppEngine:
         """Load with the server's settings (the pool's entry point)."""
         return cls.load(info, n_ctx=n_ctx, n_slots=settings.n_slots, n_threads=settings.n_threads,
                         n_batch=settings.n_batch, queue_limit=settings.queue_limit, use_mmap=settings.use_mmap,
-                        prompt_cache_mb=settings.prompt_cache_mb)
+                        prompt_cache_mb=settings.prompt_cache_mb, max_draft=settings.speculation_max_draft)
 
     # ---- vocabulary -------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Sized
@@ -37,6 +38,7 @@ from minerva.engine.llamacpp.prefix_cache import (
 )
 from minerva.engine.llamacpp.sampling import SequenceSampler, token_logprobs
 from minerva.engine.relay import EventOutbox, EventSink
+from minerva.engine.llamacpp.speculation import NgramDrafter
 from minerva.engine.sampled import token_event
 from minerva.core.errors import MinervaError, ModelUnavailableError
 
@@ -59,6 +61,7 @@ class SchedulerConfig:
     queue_limit: int
     defer_min_tokens: int = 64  # wait for a running prefill when it would share at least this many more
     saved_prompts_bytes: int = 0  # host memory for evicted slots' KV cells (0: none kept)
+    max_draft: int = 0  # n-gram draft tokens verified per step and sequence (0: no speculation)
 
 
 @dataclass(eq=False)
@@ -79,6 +82,7 @@ class Sequence:
     cached_tokens: int = 0
     prompt_reported: bool = False
     finished: bool = False
+    drafter: NgramDrafter | None = None  # proposes draft tokens from the prompt and output (speculation on)
 
     @property
     def prefilling(self) -> bool:
@@ -93,6 +97,8 @@ class _Counters:
     completion_tokens: int = 0
     cached_tokens: int = 0
     decode_steps: int = 0
+    draft_tokens: int = 0
+    draft_accepted: int = 0
 
 
 @dataclass
@@ -100,6 +106,7 @@ class _BatchEntry:
     seq: Sequence
     tokens: list[int] = field(default_factory=list)
     logits_index: int = -1  # batch row whose logits this sequence samples from; -1: none
+    draft: list[int] = field(default_factory=list)  # tokens[1:], when they are a draft to verify
 
 
 class TokenBatch:
@@ -119,13 +126,13 @@ class TokenBatch:
         """Empty the batch."""
         self.size = 0
 
-    def add(self, seq_id: int, tokens: list[int], first_pos: int, logits_last: bool) -> int:
-        """Append one sequence's tokens; returns the row of its last token."""
+    def add(self, seq_id: int, tokens: list[int], first_pos: int, logits_last: bool, logits_all: bool = False) -> int:
+        """Append one sequence's tokens; returns the row of its last token (logits_all: every row has logits)."""
         start, n = self.size, len(tokens)
         end = start + n
         self.token[start:end] = tokens
         self.pos[start:end] = np.arange(first_pos, first_pos + n, dtype=np.int32)
-        self.logits[start:end] = 0
+        self.logits[start:end] = 1 if logits_all else 0
         if logits_last:
             self.logits[end - 1] = 1
         seq_ids = self.raw.seq_id
@@ -213,6 +220,8 @@ class BatchScheduler:
             saved_prompts=len(self._saved),
             saved_prompt_bytes=self._saved.bytes_held,
             decode_steps_total=c.decode_steps,
+            draft_tokens_total=c.draft_tokens,
+            draft_accepted_total=c.draft_accepted,
         )
 
     def close(self) -> None:
@@ -316,6 +325,8 @@ class BatchScheduler:
             logger.debug("seq %d reuses %d of %d prompt tokens", slot.seq_id, reused, len(seq.prompt))
         if seq.max_tokens <= 0:
             self._finish(seq, GenerationEnd("length", len(seq.prompt), 0, reused))
+        elif self._config.max_draft > 0:
+            seq.drafter = NgramDrafter(seq.prompt, self._config.max_draft)
 
     def _serialise(self, seq_id: int, limit: int | None = None) -> ctypes.Array | None:
         """A sequence's KV cells as bytes (None when empty, larger than `limit` or not readable)."""
@@ -369,8 +380,10 @@ class BatchScheduler:
         for seq in sorted(self._active, key=lambda s: s.slot.seq_id):
             if seq.next_token is not None:
                 slot = seq.slot
-                row = batch.add(slot.seq_id, [seq.next_token], len(slot.tokens), True)
-                entries.append(_BatchEntry(seq, [seq.next_token], row))
+                draft = self._draft_for(seq, batch.capacity - batch.size - 1)
+                tokens = [seq.next_token, *draft]
+                row = batch.add(slot.seq_id, tokens, len(slot.tokens), True, logits_all=bool(draft))
+                entries.append(_BatchEntry(seq, tokens, row - len(draft), draft))
         room = batch.capacity - batch.size
         budget = room if not entries else min(room, self._config.prefill_chunk)
         for seq in self._active:
@@ -404,13 +417,59 @@ class BatchScheduler:
         for entry in entries:
             if entry.logits_index >= 0:
                 try:
-                    self._advance(entry.seq, entry.logits_index)
+                    if entry.draft:
+                        self._verify(entry.seq, entry.logits_index, entry.draft)
+                    else:
+                        self._advance(entry.seq, entry.logits_index)
                 except Exception as exc:  # one sequence's failure must not stop the others
                     logger.exception("sequence failed while sampling")
                     self._finish(entry.seq, exc)
 
+    def _draft_for(self, seq: Sequence, room: int) -> list[int]:
+        """Draft tokens to verify after the sequence's next token, within its output and context budget."""
+        if seq.drafter is None:
+            return []
+        limit = min(room, seq.max_tokens - seq.completion_tokens - 1, self._config.n_ctx - len(seq.slot.tokens) - 2)
+        return seq.drafter.propose(limit) if limit > 0 else []
+
+    def _verify(self, seq: Sequence, first_row: int, draft: list[int]) -> None:
+        """Sample row by row while the sequence's own sampler picks the draft's tokens; drop the cells of the rest.
+
+        Row i's logits follow the draft's first i tokens, so while every pick matched the draft, the
+        pick at row i is exactly what decoding those tokens one by one would have given the sampler.
+        """
+        base = len(seq.slot.tokens) - len(draft) - 1  # where the next token was placed
+        accepted, end = 0, None
+        for i in range(len(draft) + 1):
+            end = self._take(seq, first_row + i, base + 1 + i, len(draft) if i == 0 else 0,
+                             draft[i] if i < len(draft) else None)
+            if end is not None:
+                break
+            if i < len(draft) and seq.next_token == draft[i]:
+                accepted += 1
+                seq.next_token = None  # its cell is already in the KV memory
+                continue
+            break
+        keep = base + 1 + accepted
+        if len(seq.slot.tokens) > keep:
+            llama.llama_memory_seq_rm(self._mem, seq.slot.seq_id, keep, -1)
+            del seq.slot.tokens[keep:]
+        seq.drafter.record(len(draft), accepted)
+        self._counters.draft_tokens += len(draft)
+        self._counters.draft_accepted += accepted
+        if end is not None:
+            self._finish(seq, end)
+
     def _advance(self, seq: Sequence, row: int) -> None:
         """Sample the next token of `seq` from batch row `row` and emit it, or end the sequence."""
+        end = self._take(seq, row, len(seq.slot.tokens))
+        if end is not None:
+            self._finish(seq, end)
+
+    def _take(self, seq: Sequence, row: int, held: int, drafted: int = 0,
+              draft_token: int | None = None) -> GenerationEnd | None:
+        """Sample from batch row `row` (the sequence then holding `held` cells) and emit the token as
+        the next one; or the end of the sequence, which the caller finishes."""
         params = seq.request.sampling
         logits = None
         if seq.sampler.constrained or params.logprobs:
@@ -427,17 +486,20 @@ class BatchScheduler:
         if sampled.dead_end or llama.llama_vocab_is_eog(self._vocab, sampled.token_id):
             if sampled.dead_end:
                 logger.info("grammar allowed no further token; ending the sequence")
-            self._finish(seq, GenerationEnd("stop", prompt_n, seq.completion_tokens, seq.cached_tokens))
-            return
+            return GenerationEnd("stop", prompt_n, seq.completion_tokens, seq.cached_tokens)
         token = sampled.token_id
         event = token_event(token, self._piece, params, lambda t, k: token_logprobs(logits, t, k))
+        if drafted or draft_token is not None:
+            event = dataclasses.replace(event, drafted=drafted, from_draft=token == draft_token)
         seq.completion_tokens += 1
         self._counters.completion_tokens += 1
         self._emit(seq, event)
-        if seq.completion_tokens >= seq.max_tokens or len(seq.slot.tokens) >= self._config.n_ctx:
-            self._finish(seq, GenerationEnd("length", prompt_n, seq.completion_tokens, seq.cached_tokens))
-        else:
-            seq.next_token = token
+        if seq.drafter is not None:
+            seq.drafter.extend((token,))
+        if seq.completion_tokens >= seq.max_tokens or held >= self._config.n_ctx:
+            return GenerationEnd("length", prompt_n, seq.completion_tokens, seq.cached_tokens)
+        seq.next_token = token
+        return None
 
     def _emit(self, seq: Sequence, event: object) -> None:
         self._outbox.put(seq.sink, event)
