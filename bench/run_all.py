@@ -53,10 +53,10 @@ def wait_ready(base_url: str, timeout_s: float = 120) -> None:
 
 
 @contextlib.contextmanager
-def started(command: list[str], base_url: str, log: Path) -> Iterator[None]:
+def started(command: list[str], base_url: str, log: Path, env: dict[str, str] | None = None) -> Iterator[None]:
     """Run a server process for the duration of the block."""
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
             wait_ready(base_url)
             yield
