@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     safetensors_dtype: str = "auto"  # auto: as stored, half precision upcast where float32 is measured faster
     idle_ttl_s: float = 1800.0  # unload a model idle this long (0: never)
     memory_budget_mb: int | None = None  # None: 80% of physical memory
+    load_wait_s: float = Field(default=300.0, ge=0)  # a model that does not fit waits this long for a busy one to go idle
 
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)

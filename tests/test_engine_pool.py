@@ -126,3 +126,65 @@ def test_loading_twice_loads_once(keep):
 
     run(scenario())
     assert len(engines) == 1
+
+
+def test_the_host_prompt_cache_counts_in_a_gguf_models_memory():
+    from minerva.engine.pool import estimate_memory_bytes
+
+    with_cache = estimate_memory_bytes(model("a"), Settings(prompt_cache_mb=512, n_ctx=512))
+    without = estimate_memory_bytes(model("a"), Settings(prompt_cache_mb=0, n_ctx=512))
+    assert with_cache - without == 512 * 2**20
+
+
+def budget_for_one() -> Settings:
+    """A budget that holds one of the test models (with its KV cache) but not two."""
+    from minerva.engine.pool import estimate_memory_bytes
+
+    one = estimate_memory_bytes(model("a"), Settings(prompt_cache_mb=0, n_ctx=512))
+    return Settings(prompt_cache_mb=0, n_ctx=512, memory_budget_mb=max(1, int(one * 1.5 / 2**20)), idle_ttl_s=0)
+
+
+def test_a_model_that_does_not_fit_beside_a_busy_one_waits_for_it_to_go_idle():
+    pool, engines = pool_with(budget_for_one())
+
+    async def scenario():
+        order: list[str] = []
+        release = asyncio.Event()
+
+        async def busy_a():
+            async with pool.use(model("a")):
+                order.append("a serving")
+                await release.wait()
+            order.append("a idle")
+
+        async def then_b():
+            while "a serving" not in order:
+                await asyncio.sleep(0.01)
+            async with pool.use(model("b")):
+                order.append("b serving")
+
+        task_a, task_b = asyncio.create_task(busy_a()), asyncio.create_task(then_b())
+        await asyncio.sleep(0.2)
+        assert order == ["a serving"] and not pool.is_loaded("b")  # b waits: loading it would pass the budget
+        release.set()
+        await asyncio.gather(task_a, task_b)
+        assert order == ["a serving", "a idle", "b serving"]
+        assert pool.is_loaded("b") and not pool.is_loaded("a") and engines[0].closed
+
+    run(scenario())
+
+
+def test_the_wait_for_room_ends_with_a_503_after_load_wait_s():
+    from minerva.core.errors import ModelUnavailableError
+
+    pool, _ = pool_with(budget_for_one().model_copy(update={"load_wait_s": 0.2}))
+
+    async def scenario():
+        async with pool.use(model("a")):
+            with pytest.raises(ModelUnavailableError) as refused:
+                async with pool.use(model("b")):
+                    pass
+            assert refused.value.status_code == 503 and "memory budget" in refused.value.message
+        assert not pool.is_loaded("b")
+
+    run(scenario())

@@ -145,10 +145,10 @@ def tab(browser, web) -> Iterator[Tab]:
     opened.close()
 
 
-def wait_for(condition: Callable[[], object], timeout_s: float = 30.0, what: str = "") -> object:
+def wait_for(condition: Callable[[], object], timeout_s: float = 30.0, what: str | Callable[[], str] = "") -> object:
     deadline = time.monotonic() + timeout_s
     while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what() if callable(what) else what}"
         time.sleep(0.1)
     return value
 
@@ -214,7 +214,7 @@ def test_a_chat_streams_an_answer_and_the_stop_button_cancels_it_on_the_server(t
     tab.page.fill("#chat-input", "What is the capital of France?")
     tab.page.press("#chat-input", "Enter")
     answer = tab.page.locator(".message-assistant").last
-    answer.locator("[data-stat=finish]").wait_for(timeout=180_000)
+    answer.locator("[data-stat=finish]").wait_for(timeout=300_000)
     assert answer.locator(".content").inner_text().strip()
     stats = answer.locator(".message-stats").inner_text()
     assert "TTFT" in stats and "tokens/s" in stats and "prompt tokens cached" in stats
@@ -225,15 +225,16 @@ def test_a_chat_streams_an_answer_and_the_stop_button_cancels_it_on_the_server(t
     tab.page.click("#chat-send")
     answer = tab.page.locator(".message-assistant").nth(1)
     tab.until("(document.querySelectorAll('.message-assistant .content')[1]?.textContent.length ?? 0) > 20",
-              timeout_s=180, what="the second answer to stream")
-    assert tab.page.locator("#chat-send").is_hidden()
+              timeout_s=300, what="the second answer to stream")
+    assert tab.page.locator("#chat-send").is_hidden(), answer.inner_text()  # still streaming: Stop replaces Send
     tab.page.click("#chat-stop")
     answer.locator("[data-stat=stopped]").wait_for(timeout=10_000)
     assert tab.page.locator("#chat-send").is_visible()
     wait_for(lambda: any("POST /v1/chat/completions" in line and "outcome=client_disconnected" in line
-                         for line in server_log.lines), what="the server to log the cancel")
+                         for line in server_log.lines), timeout_s=60,
+             what=lambda: "the server to log the cancel; it logged:\n" + "\n".join(server_log.lines[-5:]))
     engine = web.state.pool.loaded()[MODEL]
-    wait_for(lambda: engine.stats().active_slots == 0, what="the slot to be freed")
+    wait_for(lambda: engine.stats().active_slots == 0, timeout_s=60, what="the slot to be freed")
 
     tab.page.reload()  # conversations are kept in the browser
     tab.page.locator(".message-assistant").nth(1).wait_for()

@@ -43,6 +43,8 @@ def test_the_page_is_served_at_the_root_with_a_policy_that_keeps_it_on_this_serv
     assert '<script type="module" src="web/app.js">' in page.text
     again = httpx.get(served.root + "/", headers={"if-none-match": page.headers["etag"]})
     assert again.status_code == 304 and again.content == b""
+    direct = httpx.get(served.root + "/web/index.html")
+    assert direct.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
 
 
 def test_every_file_the_page_names_is_served_with_its_type(served):

@@ -62,9 +62,11 @@ def web_assets() -> dict[str, WebAsset]:
     return assets
 
 
-def asset_response(request: Request, asset: WebAsset, **headers: str) -> Response:
-    """The file, or 304 when the client holds this version already."""
-    common = {"ETag": asset.etag, "Cache-Control": CACHE_CONTROL, "X-Content-Type-Options": "nosniff", **headers}
+def asset_response(request: Request, asset: WebAsset) -> Response:
+    """The file, or 304 when the client holds this version already; a page always under the policy."""
+    common = {"ETag": asset.etag, "Cache-Control": CACHE_CONTROL, "X-Content-Type-Options": "nosniff"}
+    if asset.media_type.startswith("text/html"):
+        common.update({"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Referrer-Policy": "no-referrer"})
     if asset.etag in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=common)
     return Response(asset.body, media_type=asset.media_type, headers=common)
@@ -73,8 +75,7 @@ def asset_response(request: Request, asset: WebAsset, **headers: str) -> Respons
 @router.get("/")
 async def web_page(request: Request) -> Response:
     """The web page: models, chat, fine-tuning and the server's figures."""
-    return asset_response(request, web_assets()["index.html"], **{
-        "Content-Security-Policy": CONTENT_SECURITY_POLICY, "Referrer-Policy": "no-referrer"})
+    return asset_response(request, web_assets()["index.html"])
 
 
 @router.get("/web/{path:path}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from minerva.engine.adapted import AdaptedEngine
 from minerva.engine.base import Engine
 from minerva.engine.memory import physical_memory_bytes
-from minerva.core.errors import MinervaError, ModelLoadError
+from minerva.core.errors import MinervaError, ModelLoadError, ModelUnavailableError
 from minerva.registry import RegisteredModel
 from minerva.settings import Settings
 
@@ -59,13 +59,15 @@ def default_context_length(model: RegisteredModel, settings: Settings) -> int | 
 
 
 def estimate_memory_bytes(model: RegisteredModel, settings: Settings) -> int:
-    """What a loaded model will hold: its weights plus a KV cache for every slot (f16)."""
+    """What a loaded model may hold: its weights, a KV cache for every slot (f16) and, on llama.cpp,
+    the host-memory cache of evicted prompts at its bound."""
     n_ctx = settings.n_ctx or default_context_length(model, settings) or 4096
     weights = model.info.file_size_bytes
     if model.info.format == "safetensors" and settings.safetensors_dtype == "auto" \
             and (model.info.quantization or "").upper() in ("BF16", "F16"):
         weights *= 2  # half-precision weights may be upcast to float32 where that computes faster
-    return weights + kv_bytes_per_token(model) * n_ctx * max(1, settings.n_slots)
+    saved_prompts = max(0, settings.prompt_cache_mb) * 2**20 if model.engine == "llamacpp" else 0
+    return weights + kv_bytes_per_token(model) * n_ctx * max(1, settings.n_slots) + saved_prompts
 
 
 @dataclass
@@ -86,6 +88,7 @@ class EnginePool:
         self._loader = loader
         self._loaded: dict[str, _Loaded] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._released = asyncio.Event()  # set whenever a model stops being in use (room may be freed)
         budget_mb = settings.memory_budget_mb
         self._budget = budget_mb * 1024**2 if budget_mb else int(physical_memory_bytes() * 0.8)
 
@@ -155,6 +158,8 @@ class EnginePool:
         finally:
             entry.in_use -= 1
             entry.last_used = time.monotonic()
+            if entry.in_use == 0:
+                self._released.set()
 
     async def _ensure_loaded(self, model: RegisteredModel) -> _Loaded:
         lock = self._locks.setdefault(model.id, asyncio.Lock())
@@ -189,13 +194,25 @@ class EnginePool:
             await asyncio.to_thread(drop, model.adapter)
 
     async def _make_room(self, need: int, keep: str) -> None:
+        """Unload idle models, least recently used first, until `need` bytes fit the budget; while every
+        loaded model is busy, wait for one to go idle (as Ollama queues) rather than load past the budget."""
+        deadline = time.monotonic() + self._settings.load_wait_s
         while self._loaded and sum(e.memory_bytes for e in self._loaded.values()) + need > self._budget:
             idle = [(e.last_used, mid) for mid, e in self._loaded.items() if e.in_use == 0 and mid != keep]
-            if not idle:
-                return  # everything loaded is busy: try anyway rather than refuse
-            _, victim = min(idle)
-            logger.info("unloading model %s to make room", victim)
-            await self._unload(victim)
+            if idle:
+                _, victim = min(idle)
+                logger.info("unloading model %s to make room", victim)
+                await self._unload(victim)
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ModelUnavailableError(
+                    f"Model '{keep}' does not fit in the memory budget beside the models serving requests now; "
+                    f"retry when they finish.")
+            logger.info("model %s waits for a busy model to go idle (memory budget)", keep)
+            self._released.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._released.wait(), timeout=left)
 
     async def _unload(self, model_id: str) -> None:
         entry = self._loaded.pop(model_id, None)
