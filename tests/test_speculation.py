@@ -12,15 +12,25 @@ from pathlib import Path
 
 import pytest
 
-from minerva.engine.llamacpp.speculation import MAX_COOLDOWN, NgramDrafter
+from minerva.engine.llamacpp.speculation import (
+    DEFAULT_ROW_SHARE,
+    MAX_COOLDOWN,
+    PROBE_DRAFT,
+    NgramDrafter,
+    StepCost,
+    best_draft_length,
+    expected_gain,
+)
 
 # ---- the drafter (pure) ---------------------------------------------------------------------
+
+CHEAP_ROWS = 0.01  # a row cost at which every draft length pays: lookups are seen whole
 
 
 def test_the_tokens_after_an_earlier_occurrence_are_the_draft():
     drafter = NgramDrafter([1, 2, 3, 4, 5, 6, 9, 9, 1, 2, 3], max_draft=4)
-    assert drafter.propose(4) == [4, 5, 6, 9]
-    assert drafter.propose(2) == [4, 5]
+    assert drafter.propose(4, CHEAP_ROWS) == [4, 5, 6, 9]
+    assert drafter.propose(2, CHEAP_ROWS) == [4, 5]
 
 
 def test_the_longest_match_wins_and_the_latest_occurrence_of_it():
@@ -38,31 +48,48 @@ def test_no_draft_without_an_earlier_occurrence_or_room():
 
 def test_history_grows_with_emitted_tokens():
     drafter = NgramDrafter([10, 11, 12, 13], max_draft=4)
-    assert drafter.propose(4) == []
+    assert drafter.propose(4, CHEAP_ROWS) == []
     drafter.extend([10, 11])
-    assert drafter.propose(4) == [12, 13, 10, 11]
+    assert drafter.propose(4, CHEAP_ROWS) == [12, 13, 10, 11]
 
 
-def test_the_draft_length_adapts_and_misses_pause_drafting():
-    drafter = NgramDrafter(list(range(50)) * 2 + list(range(10)), max_draft=16)
-    assert len(drafter.propose(16)) == 4  # starts short
-    drafter.record(4, 4)
-    assert len(drafter.propose(16)) == 8  # fully kept: doubled
-    drafter.record(8, 8)
-    drafter.record(16, 3)
-    assert len(drafter.propose(16)) == 4  # partly kept: one past what was kept
-    drafter.record(4, 0)
-    assert drafter.propose(16) == []  # a miss pauses drafting ...
-    drafter.extend([10, 11])
-    assert drafter.propose(16) != []  # ... for 2 tokens after a first miss
-    for _ in range(10):
-        drafter.record(2, 0)
-    pattern = [i % 50 for i in range(12, 12 + MAX_COOLDOWN)]  # a tail seen before, so a match exists
-    drafter.extend(pattern[:-1])
-    assert drafter.propose(16) == []  # repeated misses: paused up to MAX_COOLDOWN tokens
-    drafter.extend(pattern[-1:])
-    assert drafter.propose(16) != []
-    assert (drafter.stats.drafted, drafter.stats.accepted) == (4 + 8 + 16 + 4 + 20, 4 + 8 + 3)
+def test_the_draft_length_is_the_one_that_pays_most():
+    cpu = 7 / 13  # measured here: a one-token step 13 ms, each further row 7 ms
+    assert best_draft_length(0.5, cpu, 16) == 0  # plain chat on a CPU: drafting does not pay
+    assert 2 <= best_draft_length(0.9, cpu, 16) <= 6
+    assert best_draft_length(0.99, cpu, 64) >= 12  # a copy: long drafts
+    assert best_draft_length(0.5, 0.05, 16) >= 1  # where rows are cheap (a GPU), even a coin flip pays
+    assert expected_gain(0.99, 16, cpu) > 1.5 and expected_gain(0.5, 1, cpu) < 1
+
+
+def test_step_cost_fits_the_fixed_and_per_row_cost():
+    cost = StepCost()
+    assert cost.row_share() == DEFAULT_ROW_SHARE  # nothing measured yet
+    for rows in (1, 2, 5, 1, 9, 17, 1, 3):
+        cost.add(rows, 0.006 + 0.007 * rows)
+    assert cost.row_share() == pytest.approx(7 / 13, rel=1e-6)
+    same = StepCost()
+    for _ in range(8):
+        same.add(1, 0.013)
+    assert same.row_share() == DEFAULT_ROW_SHARE  # one size of step says nothing about the per-row cost
+
+
+def test_kept_drafts_grow_the_draft_and_misses_shrink_it_to_spaced_out_probes():
+    drafter = NgramDrafter(list(range(50)) * 3 + list(range(10)), max_draft=32)
+    cpu = 7 / 13
+    first = len(drafter.propose(32, cpu))
+    for _ in range(6):
+        drafter.record(16, 16)
+    assert drafter.acceptance > 0.95 and len(drafter.propose(32, cpu)) > first
+    for _ in range(8):
+        drafter.record(4, 0)
+    assert drafter.propose(32, cpu) == []  # misses pause drafting ...
+    drafter.extend([i % 50 for i in range(10, 10 + MAX_COOLDOWN)])
+    probe = drafter.propose(32, cpu)
+    assert len(probe) == PROBE_DRAFT  # ... then a short probe, as no length pays at this acceptance
+    drafter.extend([probe[0]])
+    assert drafter.propose(32, cpu) == []  # the next probe waits
+    assert drafter.stats.drafted == 6 * 16 + 8 * 4 and drafter.stats.accepted == 6 * 16
 
 
 # ---- the real engine ------------------------------------------------------------------------
@@ -147,7 +174,7 @@ def test_a_copy_takes_fewer_decode_steps_than_tokens(engines):
 def test_every_rejected_draft_leaves_the_cache_as_plain_decoding_would(monkeypatch, engines):
     """Drafts that are always wrong are verified and dropped every step; the output stays plain decoding's."""
     plain, _ = engines
-    monkeypatch.setattr(NgramDrafter, "propose", lambda self, limit: [5, 6, 7][:limit])
+    monkeypatch.setattr(NgramDrafter, "propose", lambda self, limit, row_share=0.5: [5, 6, 7][:limit])
     junk = _engine(16)
     try:
         with_logprobs = SamplingParams(temperature=0.0, logprobs=True, top_logprobs=2)

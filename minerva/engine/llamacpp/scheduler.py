@@ -18,6 +18,7 @@ import ctypes
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
 
@@ -38,7 +39,7 @@ from minerva.engine.llamacpp.prefix_cache import (
 )
 from minerva.engine.llamacpp.sampling import SequenceSampler, token_logprobs
 from minerva.engine.relay import EventOutbox, EventSink
-from minerva.engine.llamacpp.speculation import NgramDrafter
+from minerva.engine.llamacpp.speculation import NgramDrafter, StepCost
 from minerva.engine.sampled import token_event
 from minerva.core.errors import MinervaError, ModelUnavailableError
 
@@ -175,6 +176,7 @@ class BatchScheduler:
         self._cond = threading.Condition()
         self._closed = False
         self._counters = _Counters()
+        self._step_cost = StepCost()  # what a decode step costs per row, for the drafts' length
         self._outbox = EventOutbox()
         self._thread = threading.Thread(target=self._run, name=f"minerva-{name}-scheduler", daemon=True)
         self._thread.start()
@@ -403,9 +405,12 @@ class BatchScheduler:
         entries = self._build_batch()
         if not entries:
             return
+        started = time.perf_counter()
         rc = llama.llama_decode(self._ctx, self._batch.raw)
         if rc == 1 and self._evict_idle_cells():
             rc = llama.llama_decode(self._ctx, self._batch.raw)
+        elif rc == 0 and all(entry.seq.next_token is not None for entry in entries):  # decode steps only
+            self._step_cost.add(self._batch.size, time.perf_counter() - started)
         self._counters.decode_steps += 1
         if rc != 0:
             self._fail_batch(entries, rc)
@@ -430,7 +435,7 @@ class BatchScheduler:
         if seq.drafter is None:
             return []
         limit = min(room, seq.max_tokens - seq.completion_tokens - 1, self._config.n_ctx - len(seq.slot.tokens) - 2)
-        return seq.drafter.propose(limit) if limit > 0 else []
+        return seq.drafter.propose(limit, self._step_cost.row_share()) if limit > 0 else []
 
     def _verify(self, seq: Sequence, first_row: int, draft: list[int]) -> None:
         """Sample row by row while the sequence's own sampler picks the draft's tokens; drop the cells of the rest.

@@ -6,8 +6,12 @@ The scheduler decodes the draft in the same batch as the sequence's next token a
 the sequence's own sampler would have chosen, so output is unchanged (greedy) or keeps the model's
 distribution (sampled): each kept token *is* a sample of the model given the tokens before it.
 
-How long a draft is adapts to how often drafts are kept, and a sequence whose drafts keep missing
-stops drafting for a while, so plain chat pays next to nothing.
+How long a draft is follows a cost model: a verified row costs a share of a one-token step (measured
+online from the scheduler's own steps, `StepCost`), and a draft token is kept with the sequence's
+measured acceptance rate, so the draft length is the one that maximises expected tokens per unit of
+decode time, and none is drafted where drafting would not pay (plain chat on a CPU, mostly). A
+sequence that is not drafting probes with a short draft now and then, so a copy that starts later
+is still found.
 """
 
 from __future__ import annotations
@@ -17,8 +21,58 @@ from dataclasses import dataclass
 
 NGRAM_SIZES = (4, 3, 2)
 """Lookup keys, longest first: a longer match predicts better, a shorter one matches more often."""
-MIN_DRAFT = 2
 MAX_COOLDOWN = 64  # emitted tokens without drafting after repeated misses, at most
+PROBE_DRAFT = 2  # the draft length of a probe, when the cost model says drafting does not pay
+PRIOR_ACCEPTED, PRIOR_REJECTED = 3.0, 1.0  # a new sequence starts as if 3 of 4 draft tokens were kept
+ACCEPTANCE_DECAY = 0.7  # weight of the past in the acceptance estimate, per verification (a copy ends abruptly)
+COST_DECAY = 0.9  # ... in the step-cost fit, per decode step
+DEFAULT_ROW_SHARE = 0.5  # a verified row's cost as a share of a one-token step, until measured
+
+
+def expected_gain(acceptance: float, length: int, row_share: float) -> float:
+    """Tokens per unit of decode time with a draft of `length`, relative to decoding one token a step.
+
+    Draft tokens are kept one after another with probability `acceptance` until the first miss; a
+    step with `length` extra rows costs 1 + row_share * length one-token steps.
+    """
+    a = min(max(acceptance, 0.0), 0.999)
+    kept = a * (1 - a ** length) / (1 - a) if length > 0 else 0.0
+    return (1 + kept) / (1 + row_share * length)
+
+
+def best_draft_length(acceptance: float, row_share: float, limit: int) -> int:
+    """The draft length with the highest expected gain, or 0 when no length beats plain decoding."""
+    best, best_gain = 0, 1.0
+    for length in range(1, limit + 1):
+        gain = expected_gain(acceptance, length, row_share)
+        if gain > best_gain + 1e-9:
+            best, best_gain = length, gain
+    return best
+
+
+class StepCost:
+    """A decode step's time as fixed + per-row cost, fitted online (decayed least squares) over steps."""
+
+    def __init__(self) -> None:
+        self._n = self._x = self._y = self._xx = self._xy = 0.0
+
+    def add(self, rows: int, seconds: float) -> None:
+        """Record one decode step of `rows` tokens."""
+        d = COST_DECAY
+        self._n, self._x, self._y = d * self._n + 1, d * self._x + rows, d * self._y + seconds
+        self._xx, self._xy = d * self._xx + rows * rows, d * self._xy + rows * seconds
+
+    def row_share(self) -> float:
+        """One more row's cost as a share of a one-row step (DEFAULT_ROW_SHARE until steps of several sizes)."""
+        spread = self._n * self._xx - self._x * self._x
+        if self._n < 4 or spread <= 1e-9 * max(1.0, self._n * self._xx):
+            return DEFAULT_ROW_SHARE
+        per_row = (self._n * self._xy - self._x * self._y) / spread
+        fixed = (self._y - per_row * self._x) / self._n
+        one_row = fixed + per_row
+        if one_row <= 0 or per_row <= 0:
+            return DEFAULT_ROW_SHARE
+        return min(1.0, max(0.01, per_row / one_row))
 
 
 @dataclass(frozen=True)
@@ -41,7 +95,7 @@ class NgramDrafter:
         self._index: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in NGRAM_SIZES}
         self._matches: dict[int, int | None] = {n: None for n in NGRAM_SIZES}
         self.max_draft = max_draft
-        self._length = min(max_draft, 4)  # the next draft's length
+        self._accepted, self._rejected = PRIOR_ACCEPTED, PRIOR_REJECTED  # decayed counts of kept tokens, misses
         self._misses = 0
         self._cooldown = 0
         self.stats = DraftStats()
@@ -61,28 +115,34 @@ class NgramDrafter:
             if self._cooldown:
                 self._cooldown -= 1
 
-    def propose(self, limit: int) -> list[int]:
-        """Up to `limit` tokens that followed the longest earlier match of the history's tail."""
-        limit = min(limit, self._length)
+    @property
+    def acceptance(self) -> float:
+        """The estimated chance that the next draft token is kept, given the ones before it were."""
+        return self._accepted / (self._accepted + self._rejected)
+
+    def propose(self, limit: int, row_share: float = DEFAULT_ROW_SHARE) -> list[int]:
+        """Up to `limit` tokens that followed the longest earlier match of the history's tail, as many as
+        pays at the measured acceptance and row cost (a short probe when none pays)."""
         if limit <= 0 or self._cooldown:
             return []
-        for n in NGRAM_SIZES:
-            start = self._matches[n]
-            if start is not None:
-                return self._tokens[start:start + limit]
-        return []
+        start = next((self._matches[n] for n in NGRAM_SIZES if self._matches[n] is not None), None)
+        if start is None:
+            return []
+        length = best_draft_length(self.acceptance, row_share, min(limit, self.max_draft))
+        if length == 0:
+            length = min(limit, PROBE_DRAFT)
+            self._cooldown = min(MAX_COOLDOWN, 2 ** (self._misses + 1))  # probes are spaced out
+        return self._tokens[start:start + length]
 
     def record(self, drafted: int, accepted: int) -> None:
-        """Adapt to one verification: lengthen after a fully kept draft, shorten or pause after misses."""
+        """Learn from one verification: the kept run, and a miss unless every draft token was kept."""
         if drafted <= 0:
             return
         self.stats = self.stats.plus(drafted, accepted)
-        if accepted == drafted:
-            self._length = min(self.max_draft, self._length * 2)
-        else:
-            self._length = max(MIN_DRAFT, min(self.max_draft, accepted + 1))
+        self._accepted = ACCEPTANCE_DECAY * self._accepted + accepted
+        self._rejected = ACCEPTANCE_DECAY * self._rejected + (accepted < drafted)
         if accepted == 0:
             self._misses += 1
-            self._cooldown = min(MAX_COOLDOWN, 2 ** self._misses)
+            self._cooldown = max(self._cooldown, min(MAX_COOLDOWN, 2 ** self._misses))
         else:
             self._misses = 0
