@@ -101,6 +101,8 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=300, help="lines of the file to rewrite")
     parser.add_argument("--max-tokens", type=int, default=400)
     parser.add_argument("--spec-types", default=",".join(LLAMA_SPEC_TYPES), help="llama-server --spec-type values")
+    parser.add_argument("--scenarios", default="rewrite_greedy,rewrite_t0.7,chat_greedy")
+    parser.add_argument("--no-spec-first", action="store_true", help="start minerva without speculation first")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "speculation.json")
     args = parser.parse_args()
     logs = args.out.parent
@@ -109,7 +111,9 @@ def main() -> int:
                             capture_output=True, text=True).stdout.strip().splitlines()[-1]
     servers: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
-        for name, draft in (("minerva", "16"), ("minerva-no-spec", "0")):
+        pair = (("minerva", "16"), ("minerva-no-spec", "0"))
+        # the process started first has measured slower here, whatever it runs: --no-spec-first flips them
+        for name, draft in (pair[::-1] if args.no_spec_first else pair):
             port = free_port()
             url = f"http://127.0.0.1:{port}/v1"
             env = {**os.environ, "MINERVA_SPECULATION_MAX_DRAFT": draft}
@@ -131,6 +135,8 @@ def main() -> int:
         results = {}
         for key, messages, temperature in (("rewrite_greedy", rewrite, 0.0), ("rewrite_t0.7", rewrite, 0.7),
                                            ("chat_greedy", CHAT, 0.0)):
+            if key not in args.scenarios.split(","):
+                continue
             print(f"{key}:", file=sys.stderr)
             results[key] = scenario(servers, args.model, messages, args.max_tokens, temperature, args.rounds)
     summary = {}

@@ -36,14 +36,24 @@ def test_the_tokens_after_an_earlier_occurrence_are_the_draft():
 def test_the_longest_match_wins_and_the_latest_occurrence_of_it():
     # the tail (7, 8) occurred twice; its longer tail (6, 7, 8) only once, followed by 1
     drafter = NgramDrafter([7, 8, 2, 6, 7, 8, 1, 5, 5, 7, 8, 3, 3, 6, 7, 8], max_draft=1)
-    assert drafter.propose(1) == [1]
+    assert drafter.propose(1, CHEAP_ROWS) == [1]
     drafter = NgramDrafter([7, 8, 2, 5, 7, 8, 3, 4, 7, 8], max_draft=1)
-    assert drafter.propose(1) == [3]  # the latest (7, 8)
+    assert drafter.propose(1, CHEAP_ROWS) == [3]  # the latest (7, 8)
 
 
 def test_no_draft_without_an_earlier_occurrence_or_room():
-    assert NgramDrafter([1, 2, 3, 4, 5]).propose(8) == []
-    assert NgramDrafter([1, 2, 1, 2]).propose(0) == []
+    assert NgramDrafter([1, 2, 3, 4, 5]).propose(8, CHEAP_ROWS) == []
+    assert NgramDrafter([1, 2, 1, 2]).propose(0, CHEAP_ROWS) == []
+
+
+def test_a_new_sequence_on_a_cpu_only_probes_and_only_on_a_long_match():
+    cpu = 7 / 13
+    short_match = NgramDrafter([1, 2, 3, 9, 8, 2, 3], max_draft=16)  # only (2, 3) occurred before
+    assert short_match.propose(16, cpu) == []
+    long_match = NgramDrafter([1, 2, 3, 4, 5, 6, 9, 1, 2, 3, 4], max_draft=16)
+    assert long_match.propose(16, cpu) == [5, 6]  # a probe of PROBE_DRAFT tokens
+    long_match.extend([5])
+    assert long_match.propose(16, cpu) == []  # the next probe waits PROBE_SPACING tokens
 
 
 def test_history_grows_with_emitted_tokens():

@@ -23,7 +23,9 @@ NGRAM_SIZES = (4, 3, 2)
 """Lookup keys, longest first: a longer match predicts better, a shorter one matches more often."""
 MAX_COOLDOWN = 64  # emitted tokens without drafting after repeated misses, at most
 PROBE_DRAFT = 2  # the draft length of a probe, when the cost model says drafting does not pay
-PRIOR_ACCEPTED, PRIOR_REJECTED = 3.0, 1.0  # a new sequence starts as if 3 of 4 draft tokens were kept
+PROBE_NGRAM = 4  # a probe needs a match this long: in plain chat those are rare, in a copy everywhere
+PROBE_SPACING = 16  # emitted tokens between probes (doubled per failed probe, up to MAX_COOLDOWN)
+PRIOR_ACCEPTED, PRIOR_REJECTED = 1.0, 1.0  # a new sequence starts at even odds: it drafts once a probe is kept
 ACCEPTANCE_DECAY = 0.7  # weight of the past in the acceptance estimate, per verification (a copy ends abruptly)
 COST_DECAY = 0.9  # ... in the step-cost fit, per decode step
 DEFAULT_ROW_SHARE = 0.5  # a verified row's cost as a share of a one-token step, until measured
@@ -130,8 +132,10 @@ class NgramDrafter:
             return []
         length = best_draft_length(self.acceptance, row_share, min(limit, self.max_draft))
         if length == 0:
+            if self._matches[PROBE_NGRAM] is None:
+                return []
             length = min(limit, PROBE_DRAFT)
-            self._cooldown = min(MAX_COOLDOWN, 2 ** (self._misses + 1))  # probes are spaced out
+            self._cooldown = min(MAX_COOLDOWN, PROBE_SPACING * 2 ** self._misses)  # probes are spaced out
         return self._tokens[start:start + length]
 
     def record(self, drafted: int, accepted: int) -> None:
@@ -146,3 +150,4 @@ class NgramDrafter:
             self._cooldown = max(self._cooldown, min(MAX_COOLDOWN, 2 ** self._misses))
         else:
             self._misses = 0
+            self._cooldown = 0  # a kept probe: draft again at once
