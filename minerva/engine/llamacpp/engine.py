@@ -18,6 +18,7 @@ from minerva.engine.checks import check_embedding_inputs, check_prompt
 from minerva.engine.llamacpp.adapters import AdapterRun, apply_lora, load_lora
 from minerva.engine.llamacpp.loader import ContextShape, RopeScaling, load_model, new_context, route_native_logs
 from minerva.engine.llamacpp.sampling import SequenceSampler
+from minerva.engine.llamacpp.speculation import DEFAULT_ROW_SHARE
 from minerva.engine.llamacpp.scheduler import BatchScheduler, SchedulerConfig, Sequence
 from minerva.engine.relay import EventSink, relay_events
 from minerva.core.errors import InvalidRequestError, ModelLoadError, ModelUnavailableError
@@ -78,6 +79,7 @@ class LlamaCppEngine:
         flash_attn: bool | None = None,
         prompt_cache_mb: int = 0,
         max_draft: int = 0,
+        draft_row_cost: float = DEFAULT_ROW_SHARE,
     ) -> LlamaCppEngine:
         """Load a GGUF model; n_ctx (default: its trained context) is what one sequence may hold.
 
@@ -85,6 +87,7 @@ class LlamaCppEngine:
         the trained length turns on RoPE scaling (YaRN unless `rope_scaling` says otherwise).
         prompt_cache_mb: host memory for the KV cells of evicted slots, restored when a prompt continues them.
         max_draft: n-gram draft tokens verified per step and sequence (0: no speculation).
+        draft_row_cost: what verifying one more row costs, as a share of a one-token step (sets draft lengths).
         flash_attn: None (default) lets llama.cpp decide. False decoded long shared-prefix contexts
         several times faster on CPU here, but batched greedy output then drifted from solo output
         sooner and one shared-prefix test stalled; not the default until that is understood.
@@ -118,6 +121,7 @@ class LlamaCppEngine:
             queue_limit=queue_limit,
             saved_prompts_bytes=max(0, prompt_cache_mb) * 2**20,
             max_draft=max(0, max_draft),
+            draft_row_cost=draft_row_cost,
         )
         engine._scheduler = BatchScheduler(
             gen_ctx, engine._vocab, engine._n_vocab, config, engine.token_piece, name=info.name
@@ -130,7 +134,8 @@ class LlamaCppEngine:
         """Load with the server's settings (the pool's entry point)."""
         return cls.load(info, n_ctx=n_ctx, n_slots=settings.n_slots, n_threads=settings.n_threads,
                         n_batch=settings.n_batch, queue_limit=settings.queue_limit, use_mmap=settings.use_mmap,
-                        prompt_cache_mb=settings.prompt_cache_mb, max_draft=settings.speculation_max_draft)
+                        prompt_cache_mb=settings.prompt_cache_mb, max_draft=settings.speculation_max_draft,
+                        draft_row_cost=settings.speculation_row_cost)
 
     # ---- vocabulary -------------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ import ctypes
 import dataclasses
 import logging
 import threading
-import time
 from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
 
@@ -39,7 +38,7 @@ from minerva.engine.llamacpp.prefix_cache import (
 )
 from minerva.engine.llamacpp.sampling import SequenceSampler, token_logprobs
 from minerva.engine.relay import EventOutbox, EventSink
-from minerva.engine.llamacpp.speculation import NgramDrafter, StepCost
+from minerva.engine.llamacpp.speculation import DEFAULT_ROW_SHARE, NgramDrafter
 from minerva.engine.sampled import token_event
 from minerva.core.errors import MinervaError, ModelUnavailableError
 
@@ -63,6 +62,7 @@ class SchedulerConfig:
     defer_min_tokens: int = 64  # wait for a running prefill when it would share at least this many more
     saved_prompts_bytes: int = 0  # host memory for evicted slots' KV cells (0: none kept)
     max_draft: int = 0  # n-gram draft tokens verified per step and sequence (0: no speculation)
+    draft_row_cost: float = DEFAULT_ROW_SHARE  # a verified row's cost as a share of a one-token step
 
 
 @dataclass(eq=False)
@@ -176,7 +176,6 @@ class BatchScheduler:
         self._cond = threading.Condition()
         self._closed = False
         self._counters = _Counters()
-        self._step_cost = StepCost()  # what a decode step costs per row, for the drafts' length
         self._outbox = EventOutbox()
         self._thread = threading.Thread(target=self._run, name=f"minerva-{name}-scheduler", daemon=True)
         self._thread.start()
@@ -405,12 +404,9 @@ class BatchScheduler:
         entries = self._build_batch()
         if not entries:
             return
-        started = time.perf_counter()
         rc = llama.llama_decode(self._ctx, self._batch.raw)
         if rc == 1 and self._evict_idle_cells():
             rc = llama.llama_decode(self._ctx, self._batch.raw)
-        elif rc == 0 and all(entry.seq.next_token is not None for entry in entries):  # decode steps only
-            self._step_cost.add(self._batch.size, time.perf_counter() - started)
         self._counters.decode_steps += 1
         if rc != 0:
             self._fail_batch(entries, rc)
@@ -435,7 +431,7 @@ class BatchScheduler:
         if seq.drafter is None:
             return []
         limit = min(room, seq.max_tokens - seq.completion_tokens - 1, self._config.n_ctx - len(seq.slot.tokens) - 2)
-        return seq.drafter.propose(limit, self._step_cost.row_share()) if limit > 0 else []
+        return seq.drafter.propose(limit, self._config.draft_row_cost) if limit > 0 else []
 
     def _verify(self, seq: Sequence, first_row: int, draft: list[int]) -> None:
         """Sample row by row while the sequence's own sampler picks the draft's tokens; drop the cells of the rest.
