@@ -8,17 +8,9 @@ both halves are rendered and labelled by the same code as supervised lines.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from minerva.finetune.validation import (
-    MIN_TRAINING_EXAMPLES,
-    TrainingFileError,
-    check_chat_example,
-    example_location,
-    min_examples_error,
-    text_lines,
-)
+from minerva.finetune.validation import MIN_TRAINING_EXAMPLES, TrainingFileError, check_chat_example, validate_lines
 
 PREFERRED_KEYS = ("preferred_output", "preferred_completion")
 NON_PREFERRED_KEYS = ("non_preferred_output", "non_preferred_completion")
@@ -81,15 +73,4 @@ def _check_preference_line(line: Any, where) -> None:
 def validate_preference_file(data: bytes, *, kind: str = "training", min_examples: int = MIN_TRAINING_EXAMPLES
                              ) -> tuple[dict, ...]:
     """The examples of a JSONL preference file, or TrainingFileError with OpenAI's code and wording."""
-    examples: list[dict] = []
-    for line_number, raw in text_lines(data, kind):
-        where = example_location(kind, len(examples) + 1, line_number)
-        try:
-            line = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise where.fail(f"cannot be parsed. Error: line contains invalid json: {exc}.") from None
-        _check_preference_line(line, where)
-        examples.append(line)
-    if len(examples) < min_examples:
-        raise min_examples_error(kind, len(examples), min_examples)
-    return tuple(examples)
+    return validate_lines(data, kind, min_examples, _check_preference_line)

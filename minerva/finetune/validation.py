@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,9 +144,9 @@ def min_examples_error(kind: str, found: int, needed: int) -> TrainingFileError:
                              f"{kind}_file")
 
 
-def validate_chat_file(data: bytes, *, kind: str = "training", min_examples: int = MIN_TRAINING_EXAMPLES
-                       ) -> tuple[dict, ...]:
-    """The examples of a JSONL chat file, or TrainingFileError with OpenAI's code and wording."""
+def validate_lines(data: bytes, kind: str, min_examples: int,
+                   check_line: Callable[[Any, _Where], None]) -> tuple[dict, ...]:
+    """The examples of a JSONL file, each checked by `check_line`, or TrainingFileError with OpenAI's wording."""
     examples: list[dict] = []
     for line_number, raw in text_lines(data, kind):
         where = example_location(kind, len(examples) + 1, line_number)
@@ -154,8 +154,14 @@ def validate_chat_file(data: bytes, *, kind: str = "training", min_examples: int
             line = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise where.fail(f"cannot be parsed. Error: line contains invalid json: {exc}.") from None
-        check_chat_example(line, where)
+        check_line(line, where)
         examples.append(line)
     if len(examples) < min_examples:
         raise min_examples_error(kind, len(examples), min_examples)
     return tuple(examples)
+
+
+def validate_chat_file(data: bytes, *, kind: str = "training", min_examples: int = MIN_TRAINING_EXAMPLES
+                       ) -> tuple[dict, ...]:
+    """The examples of a JSONL chat file, or TrainingFileError with OpenAI's code and wording."""
+    return validate_lines(data, kind, min_examples, check_chat_example)
