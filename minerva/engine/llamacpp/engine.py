@@ -60,6 +60,7 @@ class LlamaCppEngine:
         self._adapter_runs: dict[str, AdapterRun] = {}  # by adapter path; see minerva.engine.llamacpp.adapters
         self._adapter_lock = threading.Lock()
         self._closed = False
+        self._grammar_first = False  # see load(grammar_first=...)
         self.bos_token = self._special_text(llama.llama_vocab_bos(self._vocab))
         self.eos_token = self._special_text(llama.llama_vocab_eos(self._vocab))
 
@@ -80,6 +81,7 @@ class LlamaCppEngine:
         prompt_cache_mb: int = 0,
         max_draft: int = 0,
         draft_row_cost: float = DEFAULT_ROW_SHARE,
+        grammar_first: bool = False,
     ) -> LlamaCppEngine:
         """Load a GGUF model; n_ctx (default: its trained context) is what one sequence may hold.
 
@@ -88,6 +90,8 @@ class LlamaCppEngine:
         prompt_cache_mb: host memory for the KV cells of evicted slots, restored when a prompt continues them.
         max_draft: n-gram draft tokens verified per step and sequence (0: no speculation).
         draft_row_cost: what verifying one more row costs, as a share of a one-token step (sets draft lengths).
+        grammar_first: mask the vocabulary with a request's grammar before every pick instead of checking
+        the chosen token (the reference path: same greedy output, slower).
         flash_attn: None (default) lets llama.cpp decide. False decoded long shared-prefix contexts
         several times faster on CPU here, but batched greedy output then drifted from solo output
         sooner and one shared-prefix test stalled; not the default until that is understood.
@@ -127,6 +131,7 @@ class LlamaCppEngine:
             gen_ctx, engine._vocab, engine._n_vocab, config, engine.token_piece, name=info.name
         )
         engine._context_shape, engine._scheduler_config = shape, config
+        engine._grammar_first = grammar_first
         return engine
 
     @classmethod
@@ -182,7 +187,8 @@ class LlamaCppEngine:
             scheduler = run.scheduler if run else await asyncio.to_thread(self._adapter_scheduler, request.adapter)
         prompt = list(request.prompt_tokens)
         check_prompt(prompt, self.n_ctx, self._n_vocab)
-        sampler = SequenceSampler.build(self._vocab, self._n_vocab, request.sampling, prompt)
+        sampler = SequenceSampler.build(self._vocab, self._n_vocab, request.sampling, prompt,
+                                        grammar_first=self._grammar_first)
         sink = EventSink()
         seq = Sequence(
             request=request,

@@ -11,19 +11,26 @@ import llama_cpp as llama
 import numpy as np
 
 from minerva.engine.base import SamplingParams
+from minerva.engine.llamacpp.grammar import CANDIDATE_DTYPE, GrammarGate
 from minerva.engine.sampled import WHOLE_CONTEXT_WINDOW, SampledToken, resolve_seed
 from minerva.core.errors import InvalidRequestError
 
 logger = logging.getLogger(__name__)
 
-_CANDIDATE_DTYPE = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 class SequenceSampler:
-    """One sequence's sampler chain and the candidate buffer it samples from (not thread-safe)."""
+    """One sequence's sampler chain, its grammar and the candidate buffer it samples from (not thread-safe).
 
-    def __init__(self, chain: llama.llama_sampler_p, n_vocab: int, constrained: bool = False,
-                 greedy_bias: dict[int, float] | None = None):
+    With a grammar, the chain picks first and the grammar checks only that token; a token it
+    rejects is resampled from the candidates the grammar masked (llama-server does the same). For
+    greedy chains the pick is the same either way; sampled ones keep the constrained distribution
+    (P(t) = p(t) + (1 - p(G)) p(t) / p(G) = p(t) / p(G) before truncation).
+    """
+
+    def __init__(self, chain: llama.llama_sampler_p, n_vocab: int, grammar: GrammarGate | None = None,
+                 greedy_bias: dict[int, float] | None = None, grammar_first: bool = False):
         self._chain = chain
-        self.constrained = constrained  # a grammar can leave no token at all: sample from numpy then
+        self._grammar = grammar
+        self._grammar_first = grammar_first  # mask the vocabulary every step (the reference path)
         self._n_vocab = n_vocab
         self._candidates: np.ndarray | None = None  # allocated on first use by `sample`
         # plain greedy (at most a logit bias first): an argmax in numpy, 50x cheaper than the C chain,
@@ -33,6 +40,11 @@ class SequenceSampler:
             ids = np.fromiter(greedy_bias.keys(), dtype=np.int64, count=len(greedy_bias))
             self._greedy = (ids, np.fromiter(greedy_bias.values(), dtype=np.float32, count=len(greedy_bias)))
 
+    @property
+    def constrained(self) -> bool:
+        """Whether a grammar constrains the output (it can leave no token at all: sample from logits then)."""
+        return self._grammar is not None
+
     @classmethod
     def build(
         cls,
@@ -40,47 +52,36 @@ class SequenceSampler:
         n_vocab: int,
         params: SamplingParams,
         prompt_tail: Sequence[int] = (),
+        *,
+        grammar_first: bool = False,
     ) -> SequenceSampler:
-        """A chain: logit bias, penalties, grammar, top-k, top-p, min-p, temperature, then dist or greedy.
+        """A chain: logit bias, penalties, top-k, top-p, min-p, temperature, then dist or greedy; the
+        grammar beside it.
 
         `prompt_tail` seeds the penalty window (as llama-server does); the grammar only sees output.
+        grammar_first: mask the whole vocabulary with the grammar before every pick (slower, same greedy output).
         Raises InvalidRequestError for a grammar llama.cpp cannot parse.
         """
+        grammar = GrammarGate(vocab, params.grammar) if params.grammar else None
         chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
         try:
-            _add_stages(chain, vocab, n_vocab, params, prompt_tail)
+            _add_stages(chain, n_vocab, params, prompt_tail)
         except BaseException:
             llama.llama_sampler_free(chain)
+            if grammar is not None:
+                grammar.free()
             raise
-        return cls(chain, n_vocab, constrained=bool(params.grammar), greedy_bias=_plain_greedy_bias(params))
+        return cls(chain, n_vocab, grammar, greedy_bias=_plain_greedy_bias(params), grammar_first=grammar_first)
 
     def sample(self, logits: np.ndarray) -> SampledToken:
-        """Apply the chain to one position's raw logits, accept the chosen token and return it."""
-        if self._candidates is None:
-            self._ids = np.arange(self._n_vocab, dtype=np.int32)
-            self._candidates = np.zeros(self._n_vocab, dtype=_CANDIDATE_DTYPE)
-            self._data = self._candidates.ctypes.data_as(llama.llama_token_data_p)
-            self._array = llama.llama_token_data_array(data=self._data, size=self._n_vocab, selected=-1, sorted=False)
-            self._array_ref = ctypes.byref(self._array)
-        cand = self._candidates
-        cand["id"] = self._ids  # the chain reorders candidates in place
-        cand["logit"] = logits
-        cand["p"] = 0.0
-        arr = self._array
-        arr.data = self._data
-        arr.size = self._n_vocab
-        arr.selected = -1
-        arr.sorted = False
-        llama.llama_sampler_apply(self._chain, self._array_ref)
-        selected = arr.selected
-        if selected < 0 or selected >= arr.size:
-            return SampledToken(-1, dead_end=True)
-        chosen = self._data[selected]
-        if not math.isfinite(chosen.logit):
-            return SampledToken(int(chosen.id), dead_end=True)
-        token = int(chosen.id)
-        llama.llama_sampler_accept(self._chain, token)
-        return SampledToken(token)
+        """Pick one position's next token from its raw logits under the grammar, accept it and return it."""
+        grammar = self._grammar
+        if grammar is not None and not self._grammar_first:
+            token = self._pick(logits)
+            if token >= 0 and grammar.allows(token):
+                self._accept(token)
+                return SampledToken(token)
+        return self._pick_masked(logits)
 
     def sample_row(self, ctx: llama.llama_context_p, row: int) -> SampledToken:
         """Sample and accept straight from the context's logits row (unconstrained chains only).
@@ -93,10 +94,63 @@ class SequenceSampler:
         return SampledToken(greedy_choice(logits, *self._greedy))
 
     def free(self) -> None:
-        """Release the native chain (idempotent)."""
+        """Release the native chain and grammar (idempotent)."""
         if self._chain is not None:
             llama.llama_sampler_free(self._chain)
             self._chain = None
+        if self._grammar is not None:
+            self._grammar.free()
+
+    def _pick(self, logits: np.ndarray) -> int:
+        """The chain's choice without the grammar (nothing accepted); -1 when it chose nothing."""
+        if self._greedy is not None:
+            return greedy_choice(logits, *self._greedy)
+        arr = self._fill(logits)
+        llama.llama_sampler_apply(self._chain, self._array_ref)
+        selected = arr.selected
+        if selected < 0 or selected >= arr.size or not math.isfinite(self._data[selected].logit):
+            return -1
+        return int(self._data[selected].id)
+
+    def _pick_masked(self, logits: np.ndarray) -> SampledToken:
+        """The chain's choice among the tokens the grammar allows, accepted."""
+        arr = self._fill(logits)
+        if self._grammar is not None:
+            self._grammar.mask(self._array_ref)
+        llama.llama_sampler_apply(self._chain, self._array_ref)
+        selected = arr.selected
+        if selected < 0 or selected >= arr.size:
+            return SampledToken(-1, dead_end=True)
+        chosen = self._data[selected]
+        if not math.isfinite(chosen.logit):
+            return SampledToken(int(chosen.id), dead_end=True)
+        token = int(chosen.id)
+        self._accept(token)
+        return SampledToken(token)
+
+    def _accept(self, token: int) -> None:
+        llama.llama_sampler_accept(self._chain, token)
+        if self._grammar is not None:
+            self._grammar.accept(token)
+
+    def _fill(self, logits: np.ndarray) -> llama.llama_token_data_array:
+        """The candidate array holding every token with its raw logit, unsorted."""
+        if self._candidates is None:
+            self._ids = np.arange(self._n_vocab, dtype=np.int32)
+            self._candidates = np.zeros(self._n_vocab, dtype=CANDIDATE_DTYPE)
+            self._data = self._candidates.ctypes.data_as(llama.llama_token_data_p)
+            self._array = llama.llama_token_data_array(data=self._data, size=self._n_vocab, selected=-1, sorted=False)
+            self._array_ref = ctypes.byref(self._array)
+        cand = self._candidates
+        cand["id"] = self._ids  # the chain reorders candidates in place
+        cand["logit"] = logits
+        cand["p"] = 0.0
+        arr = self._array
+        arr.data = self._data
+        arr.size = self._n_vocab
+        arr.selected = -1
+        arr.sorted = False
+        return arr
 
 
 def greedy_choice(logits: np.ndarray, ids: np.ndarray, bias: np.ndarray) -> int:
@@ -117,8 +171,8 @@ def _penalised(params: SamplingParams) -> bool:
 
 
 def _plain_greedy_bias(params: SamplingParams) -> dict[int, float] | None:
-    """The per-token bias when the chain is just (logit bias +) greedy, else None."""
-    if params.temperature > 0.0 or params.grammar or _penalised(params):
+    """The per-token bias when the chain is just (logit bias +) greedy, else None (a grammar is beside it)."""
+    if params.temperature > 0.0 or _penalised(params):
         return None
     bias: dict[int, float] = {}
     for token, value in params.logit_bias:
@@ -128,7 +182,6 @@ def _plain_greedy_bias(params: SamplingParams) -> dict[int, float] | None:
 
 def _add_stages(
     chain: llama.llama_sampler_p,
-    vocab: llama.llama_vocab_p,
     n_vocab: int,
     params: SamplingParams,
     prompt_tail: Sequence[int],
@@ -150,11 +203,6 @@ def _add_stages(
         for token in list(prompt_tail)[-window:]:
             llama.llama_sampler_accept(penalties, token)
         add(chain, penalties)
-    if params.grammar:
-        grammar = llama.llama_sampler_init_grammar(vocab, params.grammar.encode("utf-8"), b"root")
-        if not grammar:
-            raise InvalidRequestError("The output constraint (grammar) could not be parsed.", param="response_format")
-        add(chain, grammar)
     if params.temperature <= 0.0:
         add(chain, llama.llama_sampler_init_greedy())
         return
