@@ -53,11 +53,37 @@ def test_required_tool_call_validates(client):
 
 def test_named_tool_choice_forces_that_function(client):
     response = create(client, tools=[WEATHER, TIME], temperature=0, max_tokens=96,
+                      messages=[{"role": "user", "content": "What time is it in Europe/Paris?"}],
                       tool_choice={"type": "function", "function": {"name": "get_time"}})
     calls = response.choices[0].message.tool_calls
     assert calls and all(c.function.name == "get_time" for c in calls)
     for call in calls:
         check_call(call)
+
+
+RECORD_PERSON = {"type": "function", "function": {"name": "record_person", "description": "Record a person.",
+                                                   "parameters": {"type": "object", "properties": {
+                                                       "name": {"type": "string"}, "age": {"type": "integer"}},
+                                                       "required": ["name", "age"]}}}
+
+
+def test_a_named_call_costs_only_its_arguments(client):
+    """The envelope of a call to a named tool is in the prompt: the model writes the arguments and ends."""
+    from llama_cpp import Llama
+
+    from minerva.default_model import default_model_path
+
+    response = client.chat.completions.create(
+        model="smollm2-135m-instruct", messages=[{"role": "user", "content": "John is 30 years old."}],
+        tools=[RECORD_PERSON], tool_choice={"type": "function", "function": {"name": "record_person"}}, temperature=0)
+    choice = response.choices[0]
+    assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) == 1
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "record_person"
+    assert json.loads(call.function.arguments) == {"name": "John", "age": 30}
+    vocab = Llama(str(default_model_path()), vocab_only=True, verbose=False)
+    argument_tokens = len(vocab.tokenize(call.function.arguments.encode(), add_bos=False))
+    assert response.usage.completion_tokens <= argument_tokens + 1  # the arguments and the end of turn
 
 
 def test_streamed_tool_call_deltas_follow_openai(client):

@@ -167,6 +167,8 @@ async def _choice_events(prepared: PreparedChat, engine: Engine, index: int) -> 
     reasoning = ReasoningTokens()
     completion_tokens = 0
     generation = prepared.generations[index]
+    for item in accept_tool_calls(state, parser.feed(prepared.prompt.lead) if prepared.prompt.lead else []):
+        yield _tag(item, index, ())
     async with contextlib.aclosing(generate_choice(engine, generation, prepared.stops, prepared.policy)) as pieces:
         async for piece in pieces:
             if isinstance(piece, TextPiece):
@@ -183,7 +185,8 @@ async def _choice_events(prepared: PreparedChat, engine: Engine, index: int) -> 
                     break
             else:
                 finished = piece
-                for item in accept_tool_calls(state, parser.finish()):
+                closing = prepared.prompt.closing if piece.reason == "end" else ""
+                for item in accept_tool_calls(state, (parser.feed(closing) if closing else []) + parser.finish()):
                     yield _tag(item, index, ())
                 break
     reason = finished.reason

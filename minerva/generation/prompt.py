@@ -23,6 +23,8 @@ class ChatPrompt:
     grammar: str | None = None
     parser: str | None = None  # a parser registry name; None passes text through as content
     parser_options: dict[str, Any] = field(default_factory=dict)
+    lead: str = ""  # the answer's start, written at the end of `text` (the parser reads it first)
+    closing: str = ""  # the answer's end once its grammar is complete (the parser reads it last)
 
 
 def make_parser(name: str | None, options: dict[str, Any]) -> IncrementalParser:
@@ -88,6 +90,7 @@ def build_chat_prompt(request: ChatRequest, engine: Engine) -> ChatPrompt:
     parser: str | None = reasoning_format
     grammar: str | None = None
     template_tools = None
+    lead = closing = envelope_grammar = ""
     if tools:
         forced = _forced_tool(request)
         required = request.tool_choice == "required" or forced is not None
@@ -104,6 +107,15 @@ def build_chat_prompt(request: ChatRequest, engine: Engine) -> ChatPrompt:
             parser = "hermes"
             mode = structured.ForcedFunction(forced) if forced else ("required" if required else "auto_optional")
             grammar = structured.tool_call_grammar(tools, mode, parallel=parallel, freeform=freeform)
+        if forced is not None and parser == "hermes":
+            # one call to a named tool: its envelope is known, so the model writes only the arguments
+            # the prompt stops before the space and the grammar ends with the call's brace, so the model
+            # writes the tokens it would unprompted (" {", "}}") rather than split ones; the suffix after
+            # that brace is always the same and is given to the parser, not generated
+            whole = HERMES_CALL_FORMAT.lead(forced)
+            lead, closing = whole.rstrip(), HERMES_CALL_FORMAT.suffix
+            envelope_grammar = structured.forced_arguments_grammar(
+                tools, forced, before=whole[len(lead):], after="}", freeform=freeform)
     elif not native_format:
         messages = inline_tool_history(messages)  # earlier calls and results, as text the model can read
     if grammar is None and isinstance(request.output, JsonObjectOutput):
@@ -122,4 +134,6 @@ def build_chat_prompt(request: ChatRequest, engine: Engine) -> ChatPrompt:
     options: dict[str, Any] = {}
     if parser is not None and parser != "harmony" and text.rstrip().endswith("<think>"):
         options["starts_in_reasoning"] = True  # the template opened the thinking block itself
+    elif lead:
+        return ChatPrompt(text + lead, envelope_grammar, parser, options, lead=lead, closing=closing)
     return ChatPrompt(text, grammar, parser, options)

@@ -483,22 +483,7 @@ def tool_call_grammar(
     function; ``auto_optional``: free text that never opens a call, optionally followed by calls.
     ``freeform``: by tool name, the grammar a free-form tool's ``input`` string must match.
     """
-    converter = SchemaConverter({}, param="tools", location="tools", unenforced=TOOL_UNENFORCED)
-    arguments: dict[str, str] = {}
-    for index, tool in enumerate(tools):
-        function = tool.get("function") if isinstance(tool, Mapping) else None
-        if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
-            message = f"tools[{index}] is not a function tool with a name"
-            raise InvalidRequestError(message, param="tools")
-        name = function["name"]
-        parameters = function.get("parameters") or {"type": "object", "properties": {}}
-        location = f"tools[{index}].function.parameters"
-        text_grammar = (freeform or {}).get(name)
-        found = text_grammar and freeform_arguments_rules(name, text_grammar, converter.fresh_prefix(f"{name}-input"))
-        if found:
-            arguments[name] = converter.add_named_rules(found[1], found[0], hint=f"{name}-args")
-        else:
-            arguments[name] = converter.visit_root(parameters, location=location, hint=f"{name}-args")
+    converter, arguments = _argument_rules(tools, freeform)
     if isinstance(mode, ForcedFunction):
         if mode.name not in arguments:
             message = f"tool_choice names {mode.name!r}, which is not in tools"
@@ -516,6 +501,44 @@ def tool_call_grammar(
     else:
         rules["root"] = calls
     return render_grammar(rules)
+
+
+def forced_arguments_grammar(
+    tools: Sequence[Mapping], name: str, *, before: str = "", after: str = "",
+    freeform: Mapping[str, TextGrammar] | None = None,
+) -> str:
+    """A GBNF grammar for ``before``, the arguments object of a call to ``name``, then ``after`` (the start of
+    the call is in the prompt)."""
+    converter, arguments = _argument_rules(tools, freeform)
+    if name not in arguments:
+        raise InvalidRequestError(f"tool_choice names {name!r}, which is not in tools", param="tool_choice")
+    rules = converter.rules()
+    rules["root"] = " ".join(part for part in (before and gbnf_literal(before), arguments[name],
+                                               after and gbnf_literal(after)) if part)
+    return render_grammar(rules)
+
+
+def _argument_rules(
+    tools: Sequence[Mapping], freeform: Mapping[str, TextGrammar] | None
+) -> tuple[SchemaConverter, dict[str, str]]:
+    """The converter holding every tool's argument rules, and each tool's rule name."""
+    converter = SchemaConverter({}, param="tools", location="tools", unenforced=TOOL_UNENFORCED)
+    arguments: dict[str, str] = {}
+    for index, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, Mapping) else None
+        if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+            message = f"tools[{index}] is not a function tool with a name"
+            raise InvalidRequestError(message, param="tools")
+        name = function["name"]
+        parameters = function.get("parameters") or {"type": "object", "properties": {}}
+        location = f"tools[{index}].function.parameters"
+        text_grammar = (freeform or {}).get(name)
+        found = text_grammar and freeform_arguments_rules(name, text_grammar, converter.fresh_prefix(f"{name}-input"))
+        if found:
+            arguments[name] = converter.add_named_rules(found[1], found[0], hint=f"{name}-args")
+        else:
+            arguments[name] = converter.visit_root(parameters, location=location, hint=f"{name}-args")
+    return converter, arguments
 
 
 def text_without_rules(forbidden: str, name: str) -> dict[str, str]:

@@ -30,14 +30,22 @@ class ToolCallFormat:
         """One call written in this format."""
         return f'{self.prefix}{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": {arguments}}}{self.suffix}'
 
+    def lead(self, name: str) -> str:
+        """A call to ``name`` up to its arguments object: what a forced call starts with."""
+        return f'{self.prefix}{{"name": {json.dumps(name)}, "arguments": '
+
+    def closing(self) -> str:
+        """What follows a call's arguments object."""
+        return "}" + self.suffix
+
     def grammar_call(self, alternatives: Sequence[tuple[str, str]]) -> str:
         """GBNF for one call to any of ``(name, arguments_rule)``; the shared head is factored."""
         head = gbnf_literal(self.prefix + '{"name": ')
         options = " | ".join(
-            gbnf_literal(json.dumps(name) + ', "arguments": ') + f" {rule}"
+            gbnf_literal(self.lead(name)[len(self.prefix + '{"name": '):]) + f" {rule}"
             for name, rule in alternatives
         )
-        return f"{head} ( {options} ) {gbnf_literal('}' + self.suffix)}"
+        return f"{head} ( {options} ) {gbnf_literal(self.closing())}"
 
 
 HERMES_CALL_FORMAT = ToolCallFormat()
