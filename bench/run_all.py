@@ -99,7 +99,7 @@ def median_of(results: list[dict]) -> dict:
     return out
 
 
-def run_scenarios(servers: dict[str, str], model: str, quick: bool) -> dict:
+def run_scenarios(servers: dict[str, str], model: str, quick: bool, throughput_only: bool = False) -> dict:
     """Every scenario: throughput interleaved across servers, the long ones one server after the other."""
     prefix_lines = 40 if quick else 130  # ~3,000 prompt tokens for SmolLM2 (~23 tokens a line)
     rounds = 2 if quick else 6
@@ -108,7 +108,7 @@ def run_scenarios(servers: dict[str, str], model: str, quick: bool) -> dict:
         for name, figures in throughput_rounds(servers, model, streams, rounds).items():
             results[name][key] = figures
         print(f"{key}: " + ", ".join(f"{n} {results[n][key]['tok_per_s']} tok/s" for n in servers), file=sys.stderr)
-    for name, url in servers.items():
+    for name, url in ([] if throughput_only else servers.items()):
         results[name]["shared_prefix_8x32_at_4"] = asyncio.run(run_shared_prefix(url, model, 8, 4, prefix_lines, 32))
         results[name]["multi_turn"] = asyncio.run(run_multi_turn(url, model, prefix_lines, 32))
         print(f"{name}: shared prefix {results[name]['shared_prefix_8x32_at_4']['wall_s']} s, second-turn TTFT "
@@ -121,9 +121,14 @@ def ratios(ours: dict, anchor: dict) -> dict:
     def ratio(a: float, b: float) -> float:
         return round(a / b, 3) if b else float("nan")
 
-    return {
+    out = {
         "single_tok_per_s": ratio(ours["single_64"]["tok_per_s"], anchor["single_64"]["tok_per_s"]),
         "concurrent_tok_per_s": ratio(ours["concurrent_4x64"]["tok_per_s"], anchor["concurrent_4x64"]["tok_per_s"]),
+    }
+    if "multi_turn" not in ours:
+        return out
+    return {
+        **out,
         "shared_prefix_wall (ours/anchor, lower is better)": ratio(
             ours["shared_prefix_8x32_at_4"]["wall_s"], anchor["shared_prefix_8x32_at_4"]["wall_s"]),
         "second_turn_ttft_of_first (ours)": ours["multi_turn"]["ttft_ratio"],
@@ -141,6 +146,9 @@ def main() -> int:
     parser.add_argument("--ctx", type=int, default=4096, help="context per sequence")
     parser.add_argument("--quick", action="store_true", help="smaller prompts and fewer rounds")
     parser.add_argument("--skip-anchor", action="store_true")
+    parser.add_argument("--defaults", action="store_true",
+                        help="each server on its own defaults (`minerva serve` vs `llama-server -c 4096`)")
+    parser.add_argument("--throughput-only", action="store_true", help="only the one- and four-stream rounds")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "generation.json")
     args = parser.parse_args()
     logs = args.out.parent
@@ -152,9 +160,11 @@ def main() -> int:
         if ours is None:
             port = free_port()
             ours = f"http://127.0.0.1:{port}/v1"
+            tuned = [] if args.defaults else ["--threads", str(args.threads), "--slots", str(args.slots),
+                                               "--ctx-size", str(args.ctx)]
             stack.enter_context(started(
-                [sys.executable, "-m", "minerva.cli", "serve", "--port", str(port), "--threads", str(args.threads),
-                 "--slots", str(args.slots), "--ctx-size", str(args.ctx), "--models-dir", str(logs / "no-models")],
+                [sys.executable, "-m", "minerva.cli", "serve", "--port", str(port), *tuned,
+                 "--models-dir", str(logs / "no-models")],
                 ours, logs / "minerva.log"))
         servers["minerva"] = ours
         if not args.skip_anchor:
@@ -164,14 +174,15 @@ def main() -> int:
                                         capture_output=True, text=True).stdout.strip().splitlines()[-1]
                 port = free_port()
                 anchor = f"http://127.0.0.1:{port}/v1"
+                tuned = ["-c", "4096"] if args.defaults else ["-t", str(args.threads), "-np", str(args.slots),
+                                                              "-c", str(args.ctx * args.slots)]
                 stack.enter_context(started(
-                    [binary, "-m", str(model_path()), "-t", str(args.threads), "-np", str(args.slots),
-                     "-c", str(args.ctx * args.slots), "--host", "127.0.0.1", "--port", str(port),
+                    [binary, "-m", str(model_path()), *tuned, "--host", "127.0.0.1", "--port", str(port),
                      "-a", args.model, "--no-webui"],
                     anchor, logs / "llama-server.log"))
             servers["llama-server"] = anchor
         print("servers: " + ", ".join(f"{n} at {u}" for n, u in servers.items()), file=sys.stderr)
-        results = run_scenarios(servers, args.model, args.quick)
+        results = run_scenarios(servers, args.model, args.quick, args.throughput_only)
 
     if "llama-server" in results:
         results["ratios"] = ratios(results["minerva"], results["llama-server"])

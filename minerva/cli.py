@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from minerva.core.errors import InvalidRequestError, MinervaError
+from minerva.engine.upstream.config import parse_upstream_flag
 from minerva.settings import Settings, build_settings, parse_model_registration
 
 if TYPE_CHECKING:
@@ -30,6 +31,8 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", dest="model_flags", metavar="ID=PATH", default=[],
                         help="register one model file or directory (repeatable)")
     parser.add_argument("--config", type=Path, help="TOML config file")
+    parser.add_argument("--upstream", action="append", dest="upstream_flags", metavar="NAME=URL[,URL]", default=[],
+                        help="serve the models of another server (llama-server, minerva; replicas comma-separated)")
     parser.add_argument("--no-default-model", action="store_true",
                         help="do not serve the embedded SmolLM2 default model")
 
@@ -44,6 +47,9 @@ def _settings_from(args: argparse.Namespace, **extra) -> Settings:
         overrides["models_dirs"] = args.models_dirs
     if models:
         overrides["models"] = models
+    upstreams = dict(parse_upstream_flag(flag) for flag in getattr(args, "upstream_flags", []))
+    if upstreams:
+        overrides["upstreams"] = {name: {"urls": urls} for name, urls in upstreams.items()}
     if args.no_default_model:
         overrides["include_default_model"] = False
     return build_settings(args.config, **overrides)

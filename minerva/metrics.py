@@ -128,6 +128,10 @@ class EngineCollector(Collector):
                                       "was loaded.", labels=["model"])
         accepted = CounterMetricFamily("minerva_draft_accepted_tokens", "Speculative draft tokens the sampler kept "
                                        "(acceptance rate: this over minerva_draft_tokens).", labels=["model"])
+        kept = GaugeMetricFamily("minerva_prompt_cache_entries", "Prompts whose KV cells are kept outside the slots, "
+                                 "by tier (host memory, disk).", labels=["model", "tier"])
+        kept_bytes = GaugeMetricFamily("minerva_prompt_cache_bytes", "Bytes of the KV cells kept outside the slots, "
+                                       "by tier (host memory, disk).", labels=["model", "tier"])
         engines = dict(self._pool.loaded())
         sizes = dict(self._pool.memory_bytes())
         loaded.add_metric([], len(engines))
@@ -145,7 +149,11 @@ class EngineCollector(Collector):
             reused.add_metric([model_id], stats.cached_tokens_total)
             drafted.add_metric([model_id], stats.draft_tokens_total)
             accepted.add_metric([model_id], stats.draft_accepted_total)
-        yield from (loaded, memory, queued, active, total, held, reused, drafted, accepted)
+            for tier, entries, size in (("host", stats.saved_prompts, stats.saved_prompt_bytes),
+                                        ("disk", stats.disk_prompts, stats.disk_prompt_bytes)):
+                kept.add_metric([model_id, tier], entries)
+                kept_bytes.add_metric([model_id, tier], size)
+        yield from (loaded, memory, queued, active, total, held, reused, drafted, accepted, kept, kept_bytes)
 
 
 class ServerMetrics:

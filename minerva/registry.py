@@ -3,6 +3,7 @@ the stores of other tools (minerva.discovery)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -11,12 +12,16 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from minerva.core.errors import InvalidRequestError, ModelFormatError, ModelNotFoundError
 from minerva.discovery import DiscoveredModel, StoreLocation
 from minerva.discovery.cache import StoreCache
 from minerva.formats.detect import discover_models, read_model_info
 from minerva.formats.model_info import ModelInfo
+
+if TYPE_CHECKING:
+    from minerva.engine.upstream.engine import UpstreamModel
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +47,7 @@ class RegisteredModel:
     adapter: str | None = None  # a fine-tuned model: its LoRA adapter (a GGUF file or a PEFT directory)
     adapter_fingerprint: Fingerprint | None = None
     discovered: DiscoveredModel | None = None  # a model another tool downloaded: where, and that store's facts
+    upstream: UpstreamModel | None = None  # a model served by another server (engine "upstream")
 
     def __post_init__(self) -> None:
         if not self.engine:
@@ -143,6 +149,16 @@ def _disambiguate(base: str, path: Path) -> str:
     return f"{base}-{hashlib.sha1(str(path).encode()).hexdigest()[:6]}"
 
 
+class UpstreamModels(Protocol):
+    """Models other servers serve (minerva.engine.upstream.catalogue), listed after the local ones."""
+
+    version: int
+
+    def models(self) -> list[RegisteredModel]:
+        """The upstream models known now."""
+        ...
+
+
 class ModelRegistry:
     """Resolves model ids; rescans its directories and stores on every listing, reparsing only changed files."""
 
@@ -153,7 +169,9 @@ class ModelRegistry:
         default_model: Path | None = None,
         default_model_id: str = "smollm2-135m-instruct",
         discovery: Iterable[StoreLocation] = (),
+        upstreams: UpstreamModels | None = None,
     ):
+        self.upstreams = upstreams
         self._dirs = [Path(d) for d in models_dirs]
         self._locations = tuple(discovery)
         self._stores = StoreCache()
@@ -225,7 +243,8 @@ class ModelRegistry:
         candidates = self._candidates()
         fingerprints = [(c, fingerprint_of(c.path)) for c in candidates]
         tuned = tuple((model_id, entry, fingerprint_of(entry.adapter)) for model_id, entry in self._fine_tuned.items())
-        key = (tuple((c.path, c.explicit_id, c.discovered, fp) for c, fp in fingerprints), tuned)
+        remote = tuple(self.upstreams.models()) if self.upstreams is not None else ()
+        key = (tuple((c.path, c.explicit_id, c.discovered, fp) for c, fp in fingerprints), tuned, remote)
         if self._snapshot and self._snapshot[0] == key:
             return self._snapshot[1]
         models: dict[str, RegisteredModel] = {}
@@ -256,6 +275,10 @@ class ModelRegistry:
                 continue
             models[model_id] = RegisteredModel(model_id, base.info, "fine_tuned", base.fingerprint, base.engine,
                                                base=base, adapter=str(entry.adapter), adapter_fingerprint=adapter_fp)
+        for model in remote:
+            if model.id in models:
+                model = dataclasses.replace(model, id=f"{model.upstream.upstream}/{model.id}")
+            models.setdefault(model.id, model)
         live = {c.path for c in candidates}
         for stale in [p for p in self._infos if p not in live]:
             del self._infos[stale]

@@ -7,13 +7,28 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from minerva.core.errors import InvalidRequestError
 from minerva.discovery import DISCOVERY_STORES
+from minerva.engine.upstream.config import UpstreamKind
 from minerva.generation.decode import DEFAULT_MAX_TOKENS
 from minerva.generation.repetition import DEFAULT_MAX_PERIOD, DEFAULT_MIN_REPEATS, DEFAULT_MIN_TOKENS
+
+
+class UpstreamTable(BaseModel):
+    """One `[upstreams.NAME]` table: replicas of an OpenAI-compatible server (llama-server, vLLM, minerva)."""
+
+    urls: list[str] = Field(min_length=1)
+    api_key: str | None = None
+    models: list[str] = Field(default_factory=list)  # empty: discovered from each replica's /v1/models
+    kind: UpstreamKind = "auto"  # the protocol; auto: told by what /v1/models answers
+    connect_s: float = Field(default=5.0, gt=0)
+    first_token_s: float = Field(default=300.0, gt=0)
+    between_tokens_s: float = Field(default=60.0, gt=0)
+    health_interval_s: float = Field(default=5.0, gt=0)
+    chat_template: str | None = None  # vLLM has no /props: a Jinja file, tokenizer_config.json or HF model folder
 
 
 class Settings(BaseSettings):
@@ -39,6 +54,7 @@ class Settings(BaseSettings):
     use_mmap: bool = False  # True: map GGUF weights (faster loads) but truncating a loaded file crashes
     queue_limit: int = 64  # requests waiting per model before 429
     prompt_cache_mb: int = 2048  # host memory per GGUF model for evicted slots' KV cells (0: off)
+    disk_prompt_cache_mb: int = Field(default=8192, ge=0)  # disk under data_dir for long prompts' KV cells, all models (0: off)
     speculation_max_draft: int = Field(default=16, ge=0)  # GGUF: n-gram draft tokens verified per step (0: off)
     speculation_row_cost: float = Field(default=0.55, gt=0, le=1)  # a verified row's cost / a one-token step's
     safetensors_dtype: str = "auto"  # auto: as stored, half precision upcast where float32 is measured faster
@@ -60,6 +76,7 @@ class Settings(BaseSettings):
     repetition_min_repeats: int = Field(default=DEFAULT_MIN_REPEATS, ge=2)  # ... repeated at least this often
     shutdown_grace_s: float = 30.0
     log_level: str = "info"
+    upstreams: dict[str, UpstreamTable] = Field(default_factory=dict)  # models served by other servers
 
     @field_validator("models_dirs", "api_keys", "cors_origins", "discover", mode="before")
     @classmethod
@@ -139,5 +156,7 @@ def build_settings(config_file: Path | None = None, **overrides: Any) -> Setting
         from_env = Settings().model_fields_set
         base.update({k: v for k, v in load_config_file(config_file).items() if k not in from_env})
         base["config_file"] = config_file
+    if overrides.get("upstreams"):  # --upstream flags add to the config file's upstreams
+        overrides["upstreams"] = {**base.get("upstreams", {}), **overrides["upstreams"]}
     base.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**base)

@@ -22,6 +22,9 @@ from tests.servers import RunningServer, free_port, running_server  # noqa: F401
 NO_STORES = tempfile.mkdtemp(prefix="minerva-no-stores-")
 os.environ["MINERVA_DISCOVER_PATHS"] = json.dumps({store: [NO_STORES] for store in DISCOVERY_STORES})
 atexit.register(shutil.rmtree, NO_STORES, ignore_errors=True)
+# The disk prompt cache outlives a process by design: off for the suite, so no run restores what an
+# earlier one wrote and nothing lands in ~/.minerva (its own tests turn it on with a temporary data_dir).
+os.environ["MINERVA_DISK_PROMPT_CACHE_MB"] = "0"
 
 
 @pytest.fixture(scope="session")

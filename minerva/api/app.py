@@ -17,6 +17,7 @@ from minerva import __version__
 from minerva.api.errors import Dialect, ErrorEnvelopes, install_error_handlers
 from minerva.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from minerva.api.routes_admin import router as admin_router
+from minerva.api.routes_engine import router as engine_router
 from minerva.api.routes_metrics import router as metrics_router
 from minerva.api.routes_web import router as web_router
 from minerva.api.state import ServerState
@@ -45,7 +46,13 @@ def build_registry(settings: Settings) -> ModelRegistry:
     """The registry the settings describe (directories, explicit models, the embedded default, other tools' stores)."""
     default = default_model_path() if settings.include_default_model else None
     stores = store_locations(settings.discover, settings.discover_paths, os.environ, Path.home())
-    return ModelRegistry(settings.models_dirs, settings.models, default, discovery=stores)
+    upstreams = None
+    if settings.upstreams:  # imported only then: the upstream client (httpx) is not needed otherwise
+        from minerva.engine.upstream.catalogue import UpstreamCatalogue
+        from minerva.engine.upstream.config import upstream_config
+
+        upstreams = UpstreamCatalogue(upstream_config(name, table.model_dump()) for name, table in settings.upstreams.items())
+    return ModelRegistry(settings.models_dirs, settings.models, default, discovery=stores, upstreams=upstreams)
 
 
 def create_app(settings: Settings | None = None, *, loader: EngineLoader = load_engine,
@@ -58,6 +65,10 @@ def create_app(settings: Settings | None = None, *, loader: EngineLoader = load_
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         reaper = asyncio.create_task(state.pool.run_reaper(lambda: {m.id for m in state.registry.list()}))
+        upstreams = state.registry.upstreams
+        if upstreams is not None:  # discover their models before serving, then keep them checked
+            await upstreams.refresh()
+        upstream_checks = asyncio.create_task(upstreams.run()) if upstreams is not None else None
         if state.has_fine_tuning_data():  # recover interrupted jobs, serve the fine-tuned models again
             state.fine_tuning()
         try:
@@ -66,6 +77,11 @@ def create_app(settings: Settings | None = None, *, loader: EngineLoader = load_
             reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
+            if upstream_checks is not None:
+                upstream_checks.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await upstream_checks
+                await upstreams.close()
             await state.close_fine_tuning()
             await state.pool.close()
 
@@ -86,6 +102,7 @@ def create_app(settings: Settings | None = None, *, loader: EngineLoader = load_
         app.include_router(dialect.router)
     app.include_router(metrics_router)
     app.include_router(admin_router)
+    app.include_router(engine_router)
     app.include_router(web_router)
 
     def openapi_without_422() -> dict:

@@ -93,7 +93,10 @@ async def respond(request: Request, model_id: str, stream: bool, open_reply: Rep
     engine = await stack.enter_async_context(state.pool.use(model))
     try:
         admit(state, engine)
-        reply = open_reply(engine, model.id)
+        if getattr(engine, "blocking_tokenizer", False):  # an upstream's tokenizer is a network call
+            reply = await asyncio.to_thread(open_reply, engine, model.id)
+        else:
+            reply = open_reply(engine, model.id)
     except BaseException:
         await stack.aclose()
         raise

@@ -131,3 +131,17 @@ class HttpStatusError(MinervaError):
 
     def headers(self) -> dict[str, str]:
         return dict(self._headers)
+
+
+class UpstreamError(MinervaError):
+    """An upstream server failed: refused, died, answered 5xx or malformed output (502)."""
+
+    status_code = 502
+    code = "upstream_error"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """An upstream server took longer than its configured timeout (504)."""
+
+    status_code = 504
+    code = "upstream_timeout"

@@ -81,6 +81,8 @@ class EngineStats:
     completion_tokens_total: int = 0
     saved_prompts: int = 0  # prompts saved to host memory
     saved_prompt_bytes: int = 0
+    disk_prompts: int = 0  # prompts whose KV cells are in the disk cache
+    disk_prompt_bytes: int = 0
     decode_steps_total: int = 0
     draft_tokens_total: int = 0  # speculative draft tokens verified
     draft_accepted_total: int = 0  # ... of which the sampler kept

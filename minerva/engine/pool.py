@@ -28,6 +28,10 @@ EngineLoader = Callable[[RegisteredModel, Settings], Engine]
 
 def load_engine(model: RegisteredModel, settings: Settings) -> Engine:
     """Import the model's engine and load the model with the server's settings."""
+    if model.upstream is not None:  # served by another server: nothing loads here
+        from minerva.engine.upstream.engine import UpstreamEngine
+
+        return UpstreamEngine.connect(model.info, model.upstream)
     if model.engine not in ENGINE_NAMES:
         raise ModelLoadError(f"unknown engine {model.engine!r}; known: {', '.join(ENGINE_NAMES)}")
     try:
@@ -61,6 +65,8 @@ def default_context_length(model: RegisteredModel, settings: Settings) -> int | 
 def estimate_memory_bytes(model: RegisteredModel, settings: Settings) -> int:
     """What a loaded model may hold: its weights, a KV cache for every slot (f16) and, on llama.cpp,
     the host-memory cache of evicted prompts at its bound."""
+    if model.upstream is not None:
+        return 0
     n_ctx = settings.n_ctx or default_context_length(model, settings) or 4096
     weights = model.info.file_size_bytes
     if model.info.format == "safetensors" and settings.safetensors_dtype == "auto" \

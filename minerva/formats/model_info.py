@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-ModelFormat = Literal["gguf", "safetensors"]
+ModelFormat = Literal["gguf", "safetensors", "remote"]  # remote: served by an upstream server
 ModelKind = Literal["chat", "completion", "embedding"]
 
 

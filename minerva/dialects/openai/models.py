@@ -26,7 +26,17 @@ def model_object(model: RegisteredModel, loaded: bool) -> dict:
         "capabilities": capabilities_of(model),
         "loaded": loaded,
         **fine_tuned_fields(model),
+        **upstream_fields(model),
     }
+
+
+def upstream_fields(model: RegisteredModel) -> dict:
+    """Where an upstream model runs and what its server reports of it (nothing for a local model)."""
+    if model.upstream is None:
+        return {}
+    return {"owned_by": model.upstream.upstream, "upstream": model.upstream.upstream,
+            "upstream_kind": model.upstream.kind, "upstream_model": model.upstream.remote_id,
+            "upstream_meta": dict(model.upstream.meta)}
 
 
 def fine_tuned_fields(model: RegisteredModel) -> dict:

@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import llama_cpp as llama
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 from minerva.engine.base import EngineStats, GenerationEvent, GenerationRequest
 from minerva.engine.checks import check_embedding_inputs, check_prompt
 from minerva.engine.llamacpp.adapters import AdapterRun, apply_lora, load_lora
+from minerva.engine.llamacpp.disk_cache import CacheKey, DiskPrompts, file_identity
 from minerva.engine.llamacpp.loader import ContextShape, RopeScaling, load_model, new_context, route_native_logs
 from minerva.engine.llamacpp.sampling import SequenceSampler
 from minerva.engine.llamacpp.speculation import DEFAULT_ROW_SHARE
@@ -59,6 +61,7 @@ class LlamaCppEngine:
         self._scheduler_config: SchedulerConfig | None = None
         self._adapter_runs: dict[str, AdapterRun] = {}  # by adapter path; see minerva.engine.llamacpp.adapters
         self._adapter_lock = threading.Lock()
+        self._disk_cache: tuple[Path, int] | None = None  # (directory, budget bytes) of the disk prompt cache
         self._closed = False
         self._grammar_first = False  # see load(grammar_first=...)
         self.bos_token = self._special_text(llama.llama_vocab_bos(self._vocab))
@@ -79,6 +82,8 @@ class LlamaCppEngine:
         use_mmap: bool = False,
         flash_attn: bool | None = None,
         prompt_cache_mb: int = 0,
+        prompt_cache_dir: Path | None = None,
+        disk_prompt_cache_mb: int = 0,
         max_draft: int = 0,
         draft_row_cost: float = DEFAULT_ROW_SHARE,
         grammar_first: bool = False,
@@ -88,6 +93,8 @@ class LlamaCppEngine:
         The KV memory holds n_slots * n_ctx cells so every slot can hold a full sequence; n_ctx beyond
         the trained length turns on RoPE scaling (YaRN unless `rope_scaling` says otherwise).
         prompt_cache_mb: host memory for the KV cells of evicted slots, restored when a prompt continues them.
+        prompt_cache_dir, disk_prompt_cache_mb: where and how much disk (all models together) keeps the KV
+        cells of long prompts across restarts, keyed by the model file and KV layout (0: off).
         max_draft: n-gram draft tokens verified per step and sequence (0: no speculation).
         draft_row_cost: what verifying one more row costs, as a share of a one-token step (sets draft lengths).
         grammar_first: mask the vocabulary with a request's grammar before every pick instead of checking
@@ -127,10 +134,13 @@ class LlamaCppEngine:
             max_draft=max(0, max_draft),
             draft_row_cost=draft_row_cost,
         )
-        engine._scheduler = BatchScheduler(
-            gen_ctx, engine._vocab, engine._n_vocab, config, engine.token_piece, name=info.name
-        )
+        if prompt_cache_dir is not None and disk_prompt_cache_mb > 0:
+            engine._disk_cache = (Path(prompt_cache_dir), disk_prompt_cache_mb * 2**20)
         engine._context_shape, engine._scheduler_config = shape, config
+        engine._scheduler = BatchScheduler(
+            gen_ctx, engine._vocab, engine._n_vocab, config, engine.token_piece, name=info.name,
+            disk=engine._disk_prompts(None),
+        )
         engine._grammar_first = grammar_first
         return engine
 
@@ -139,7 +149,8 @@ class LlamaCppEngine:
         """Load with the server's settings (the pool's entry point)."""
         return cls.load(info, n_ctx=n_ctx, n_slots=settings.n_slots, n_threads=settings.n_threads,
                         n_batch=settings.n_batch, queue_limit=settings.queue_limit, use_mmap=settings.use_mmap,
-                        prompt_cache_mb=settings.prompt_cache_mb, max_draft=settings.speculation_max_draft,
+                        prompt_cache_mb=settings.prompt_cache_mb, prompt_cache_dir=settings.data_dir / "prompt-cache",
+                        disk_prompt_cache_mb=settings.disk_prompt_cache_mb, max_draft=settings.speculation_max_draft,
                         draft_row_cost=settings.speculation_row_cost)
 
     # ---- vocabulary -------------------------------------------------------------------------
@@ -222,7 +233,8 @@ class LlamaCppEngine:
                 ctx = new_context(self._model, self.info, self._context_shape)
                 apply_lora(ctx, lora)
                 scheduler = BatchScheduler(ctx, self._vocab, self._n_vocab, self._scheduler_config, self.token_piece,
-                                           name=f"{self.info.name}+{os.path.basename(path)}")
+                                           name=f"{self.info.name}+{os.path.basename(path)}",
+                                           disk=self._disk_prompts(path))
             except BaseException:
                 if ctx:
                     llama.llama_free(ctx)
@@ -231,6 +243,13 @@ class LlamaCppEngine:
             self._adapter_runs[path] = AdapterRun(lora, ctx, scheduler)
             logger.info("%s: LoRA adapter %s loaded with its own context", self.info.name, os.path.basename(path))
             return scheduler
+
+    def _disk_prompts(self, adapter: str | None) -> DiskPrompts | None:
+        """The disk prompt cache of the base context or of an adapter's (None when off)."""
+        if self._disk_cache is None or self._context_shape is None:
+            return None
+        directory, budget = self._disk_cache
+        return DiskPrompts(directory, _cells_key(self.info, self._context_shape, adapter), budget)
 
     def drop_adapter(self, path: str) -> None:
         """Free an adapter's context and tensors; its running sequences end with ModelUnavailableError."""
@@ -331,6 +350,23 @@ class LlamaCppEngine:
             raise InvalidRequestError(f"The model '{self.info.name}' is an embedding model; it cannot generate text.",
                                       param="model")
         return self._scheduler
+
+
+def _cells_key(info: ModelInfo, shape: ContextShape, adapter: str | None) -> CacheKey:
+    """What KV cells computed here depend on: the model file(s), the adapter, the KV layout, the llama.cpp build."""
+    defaults = llama.llama_context_default_params()  # minerva leaves the cache types at llama.cpp's defaults
+    library = getattr(getattr(llama, "llama_cpp", None), "_lib", None)
+    return CacheKey.of({
+        "model": [file_identity(Path(p)) for p in (info.files or (info.path,))],
+        "adapter": file_identity(Path(adapter)) if adapter else None,
+        "n_ctx": shape.n_ctx, "n_seq": shape.n_seq, "n_ctx_train": shape.n_ctx_train,
+        "rope_scaling": shape.rope_scaling, "flash_attn": shape.flash_attn,
+        "type_k": int(defaults.type_k), "type_v": int(defaults.type_v),
+        "llama": llama.llama_version().decode(errors="replace"), "llama_cpp_python": llama.__version__,
+        "state_seq_version": llama.LLAMA_STATE_SEQ_VERSION,
+        "library": file_identity(Path(library._name)) if getattr(library, "_name", None) else None,
+        "system": llama.llama_print_system_info().decode(errors="replace"),
+    })
 
 
 ENGINE = LlamaCppEngine

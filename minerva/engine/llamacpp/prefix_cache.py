@@ -14,13 +14,14 @@ MIN_COPY_TOKENS = 32  # a prefix shorter than this is recomputed rather than cop
 MIN_SAVE_TOKENS = 32  # an evicted slot holding fewer tokens than this is not saved to host memory
 
 
-def worth_restoring(saved_tokens: int, gain_tokens: int) -> bool:
+def worth_restoring(saved_tokens: int, gain_tokens: int, load_cost: int = 1) -> bool:
     """Whether loading a saved state of `saved_tokens` beats recomputing `gain_tokens` prompt tokens.
 
     Loading is a memcpy of the state: about a thousandth of the time a prompt token takes to compute
     (SmolLM2 on two cores: 23 KB and ~2 µs a token loaded vs ~4 ms computed), so even a few tokens pay.
+    `load_cost` weighs a slower source (a file on disk) against that memcpy.
     """
-    return gain_tokens >= 2 + saved_tokens // 1024
+    return gain_tokens >= 2 + saved_tokens * load_cost // 1024
 
 
 def _runs(seq_ids: set[int]) -> int:
@@ -144,7 +145,8 @@ class SavedPrompts:
 
     Slots hold a few conversations; agents and chat clients alternate between more (a coding agent's
     main thread, its title and summary requests, subagents). A slot about to be overwritten is
-    saved here and restored when a later prompt continues it (llama-server's --cache-ram does this).
+    saved here and restored when a later prompt continues it (llama-server's --cache-ram does this);
+    what the budget pushes out goes on to the disk cache (minerva.engine.llamacpp.disk_cache).
     """
 
     def __init__(self, budget_bytes: int):
@@ -169,14 +171,21 @@ class SavedPrompts:
             self._entries.remove(entry)
             self._entries.append(entry)
 
-    def put(self, tokens: Sequence[int], state: Sized) -> None:
-        """Keep a state; entries it extends are dropped, then the oldest until the budget holds."""
-        if len(state) > self.budget_bytes:
-            return
+    def put(self, tokens: Sequence[int], state: Sized) -> list[SavedPrompt]:
+        """Keep a state; entries it extends are dropped, then the oldest until the budget holds.
+
+        Returns what the budget pushed out (the new state itself when it alone is too large), for a
+        lower tier to keep.
+        """
         new = SavedPrompt(tuple(tokens), state)
+        if len(state) > self.budget_bytes:
+            return [new]
         self._entries = [e for e in self._entries
                          if not (len(e.tokens) <= len(new.tokens) and new.tokens[: len(e.tokens)] == e.tokens)]
         self._entries.append(new)
         total = self.bytes_held
+        evicted: list[SavedPrompt] = []
         while total > self.budget_bytes and self._entries:
-            total -= len(self._entries.pop(0).state)
+            evicted.append(self._entries.pop(0))
+            total -= len(evicted[-1].state)
+        return evicted

@@ -7,7 +7,9 @@ decodes it in a single llama_decode (ctypes releases the GIL). Sequences sample 
 
 Each slot is a sequence id with its own KV stream. A prompt that shares a prefix with another slot's
 cells gets a copy of those cells (through llama.cpp's per-sequence state API), trimmed to the shared
-prefix; a slot about to be overwritten is saved to host memory and restored when a prompt continues it. A request whose prompt shares a long prefix with a prompt
+prefix; a slot about to be overwritten is saved to host memory and restored when a prompt continues it. Long
+prefixes also go to the disk cache (a finished slot's cells, and what host memory pushes out), written by its
+own thread, so they survive a restart. A request whose prompt shares a long prefix with a prompt
 still being prefilled waits until those cells exist instead of computing them twice.
 """
 
@@ -26,6 +28,7 @@ import numpy as np
 
 from minerva.engine.admission import refuse_when_full
 from minerva.engine.base import EngineStats, GenerationEnd, GenerationRequest, PromptProcessed
+from minerva.engine.llamacpp.disk_cache import DISK_READ_COST, DiskPrompts
 from minerva.engine.llamacpp.prefix_cache import (
     MIN_SAVE_TOKENS,
     PrefixCache,
@@ -161,6 +164,7 @@ class BatchScheduler:
         config: SchedulerConfig,
         piece: Callable[[int], bytes],
         name: str = "llama",
+        disk: DiskPrompts | None = None,
     ):
         self._ctx = ctx
         self._mem = llama.llama_get_memory(ctx)
@@ -170,6 +174,8 @@ class BatchScheduler:
         self._piece = piece
         self._cache = PrefixCache(config.n_slots)
         self._saved = SavedPrompts(config.saved_prompts_bytes)
+        self._disk = disk  # KV cells of long prefixes on disk (None: off)
+        self._finished_slots: list[SlotState] = []  # offered to the disk cache once this step's events are out
         self._batch = TokenBatch(config.n_batch)
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._active: list[Sequence] = []
@@ -220,6 +226,8 @@ class BatchScheduler:
             cached_tokens_total=c.cached_tokens,
             saved_prompts=len(self._saved),
             saved_prompt_bytes=self._saved.bytes_held,
+            disk_prompts=len(self._disk) if self._disk is not None else 0,
+            disk_prompt_bytes=self._disk.bytes_held if self._disk is not None else 0,
             decode_steps_total=c.decode_steps,
             draft_tokens_total=c.draft_tokens,
             draft_accepted_total=c.draft_accepted,
@@ -233,6 +241,8 @@ class BatchScheduler:
         if threading.current_thread() is not self._thread:
             self._thread.join()
         self._batch.free()
+        if self._disk is not None:
+            self._disk.close()  # waits for the writes already queued
 
     # ---- worker side -----------------------------------------------------------------------
 
@@ -251,6 +261,7 @@ class BatchScheduler:
                 if self._active:
                     self._step()
                 self._deliver()
+                self._keep_finished_on_disk()
         except BaseException:  # pragma: no cover - a bug in the loop must not hang every client
             logger.exception("scheduler worker crashed")
         finally:
@@ -301,7 +312,10 @@ class BatchScheduler:
         seq.displaced = None
         saved, n_saved = self._saved.best(seq.prompt)
         n_saved = min(n_saved, len(seq.prompt) - 1)
-        if saved is not None and worth_restoring(len(saved.tokens), n_saved - reused):
+        from_disk = self._restore_from_disk(slot.seq_id, seq.prompt, max(reused, n_saved if saved else 0))
+        if from_disk is not None:
+            reused = from_disk
+        elif saved is not None and worth_restoring(len(saved.tokens), n_saved - reused):
             reused = self._restore_cells(slot.seq_id, saved, n_saved)
         elif plan.donor_seq_id == slot.seq_id:
             if not llama.llama_memory_seq_rm(self._mem, slot.seq_id, reused, -1):
@@ -354,13 +368,46 @@ class BatchScheduler:
         return n_tokens
 
     def _save_cells(self, seq_id: int, tokens: list[int]) -> None:
-        """Copy a slot's KV cells to host memory before they are overwritten."""
-        if self._saved.budget_bytes <= 0:
+        """Copy a slot's KV cells to host memory before they are overwritten; what it cannot keep goes to disk."""
+        disk_limit = self._disk.budget_bytes if self._disk is not None and self._disk.wants(tokens) else 0
+        limit = max(self._saved.budget_bytes, disk_limit)
+        if limit <= 0:
             return
-        state = self._serialise(seq_id, self._saved.budget_bytes)
+        state = self._serialise(seq_id, limit)
         if state is not None:
-            self._saved.put(tokens, state)
+            pushed_out = self._saved.put(tokens, state)
             logger.debug("saved %d tokens of slot %d (%d bytes)", len(tokens), seq_id, len(state))
+            if self._disk is not None:
+                for entry in pushed_out:
+                    self._disk.submit(entry.tokens, entry.state)
+
+    def _keep_finished_on_disk(self) -> None:
+        """Hand the cells of slots that finished this step to the disk writer when they hold a long new prefix."""
+        finished, self._finished_slots = self._finished_slots, []
+        if self._disk is None:
+            return
+        for slot in finished:
+            if slot.busy or not self._disk.wants(slot.tokens):
+                continue
+            state = self._serialise(slot.seq_id, self._disk.budget_bytes)
+            if state is not None:
+                self._disk.submit(slot.tokens, state)
+
+    def _restore_from_disk(self, seq_id: int, prompt: list[int], have: int) -> int | None:
+        """Load the disk entry sharing the longest prefix with `prompt` when it beats the `have` tokens at hand;
+        how many tokens the slot then holds (None: nothing was read)."""
+        if self._disk is None:
+            return None
+        entry, shared = self._disk.best(prompt)
+        shared = min(shared, len(prompt) - 1)
+        if entry is None or not worth_restoring(len(entry.tokens), shared - have, DISK_READ_COST):
+            return None
+        state = self._disk.read(entry)
+        if state is None:
+            return None
+        restored = self._load_cells(seq_id, (ctypes.c_uint8 * len(state)).from_buffer(state), shared)
+        logger.debug("seq %d restored %d prompt tokens from disk", seq_id, restored)
+        return restored
 
     def _restore_cells(self, seq_id: int, saved: SavedPrompt, n_tokens: int) -> int:
         """Load saved cells into a slot and keep their first n_tokens; how many it now holds."""
@@ -520,6 +567,7 @@ class BatchScheduler:
         with self._cond:
             if seq.slot is not None:
                 self._cache.release(seq.slot.seq_id)
+                self._finished_slots.append(seq.slot)
             seq.finished = True
         if last is not None and not seq.cancelled:
             self._emit(seq, last)

@@ -1,0 +1,1 @@
+"""An engine over remote servers (llama-server, vLLM, other minervas): replicas, health, affinity, token streams."""
