@@ -87,7 +87,7 @@ def client(front):
 
 
 def chat(client, model: str, **kwargs):
-    return client.chat.completions.create(model=model, messages=QUESTION, temperature=0, **{"max_tokens": 24, **kwargs})
+    return client.chat.completions.create(model=model, temperature=0, **{"messages": QUESTION, "max_tokens": 24, **kwargs})
 
 
 def replicas(front):
@@ -105,7 +105,8 @@ def test_vllm_models_are_listed_with_max_model_len_and_where_they_run(front):
 
 
 def test_chat_through_vllm_is_the_local_models_answer(client, vllm):
-    local, remote = chat(client, LOCAL, max_tokens=200), chat(client, REMOTE, max_tokens=200)
+    short = [{"role": "user", "content": "What is 2+2?"}]
+    local, remote = (chat(client, model, max_tokens=200, messages=short) for model in (LOCAL, REMOTE))
     assert remote.choices[0].message.content == local.choices[0].message.content
     assert remote.choices[0].finish_reason == local.choices[0].finish_reason == "stop"  # ended on <|im_end|>
     assert remote.usage.completion_tokens == local.usage.completion_tokens
@@ -143,7 +144,7 @@ def test_anthropic_messages_through_vllm_are_the_local_models(front, client):
     claude = anthropic.Anthropic(base_url=f"http://127.0.0.1:{front.port}", api_key="x", max_retries=0)
     answers = []
     for model in (LOCAL, REMOTE):
-        with claude.messages.stream(model=model, max_tokens=24, temperature=0, messages=QUESTION) as stream:
+        with claude.messages.stream(model=model, max_tokens=24, messages=QUESTION, extra_body={"temperature": 0}) as stream:
             answers.append(("".join(stream.text_stream), stream.get_final_message().usage.output_tokens))
     assert answers[0] == answers[1] and answers[0][0]
 

@@ -61,6 +61,7 @@ class VllmLoopback:
         self.extra_waiting = extra_waiting  # requests others have queued, reported in /metrics
         self.bodies: list[dict] = []  # every /v1/completions body received
         self.running = 0
+        self.disconnects = 0  # streams the client closed before their end
         self._lock = threading.Lock()
         props = httpx.get(f"{self.llama}/props", timeout=10).json()
         self.props = props
@@ -151,6 +152,8 @@ class VllmLoopback:
                         fake.running += 1
                     try:
                         self._stream(body, prompt)
+                    except OSError:  # the client hung up: vLLM aborts the request
+                        fake.disconnects += 1
                     finally:
                         with fake._lock:
                             fake.running -= 1
@@ -210,12 +213,12 @@ class VllmLoopback:
                         held = choice(chunk.get("content", ""), ids,
                                       vllm_logprobs(chunk.get("completion_probabilities", [])), None, first)
                         first, emitted = False, emitted + len(ids)
-                    if final.get("stop_type") == "eos":
-                        if held is not None:
-                            self._event(held)
-                        held = choice("", [fake.eos_id], vllm_logprobs([{"id": fake.eos_id, "logprob": 0.0}]),
-                                      "stop", first)
-                        emitted += 1
+                    if final.get("stop_type") == "eos":  # llama-server streamed the end token with no text
+                        if held is None:
+                            raise RuntimeError("llama-server ended on end of generation without a token")
+                        last = held["choices"][0]["token_ids"][-1]
+                        held["choices"][0]["finish_reason"] = "stop"
+                        held["choices"][0]["stop_reason"] = None if last == fake.eos_id else last  # a stop_token_ids hit
                     elif held is not None:
                         held["choices"][0]["finish_reason"] = "length"
                     if held is not None:

@@ -572,7 +572,7 @@ def text_without_rules(forbidden: str, name: str) -> dict[str, str]:
                 options.append(f"[{''.join(_class_char(c) for c in chars)}] {state_name(target)}")
         if 0 not in targets:
             options.append(f"[^{others}] {name}")
-        rules[state_name(state)] = "| " + " | ".join(options)
+        rules[state_name(state)] = '"" | ' + " | ".join(options)  # an empty alternative xgrammar (vLLM) parses too
     return rules
 
 
