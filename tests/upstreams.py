@@ -73,7 +73,30 @@ class LlamaServer:
         return sum(s["is_processing"] for s in httpx.get(f"http://127.0.0.1:{self.port}/slots", timeout=5).json())
 
 
-class FakeUpstream:
+class LoopbackHTTP:
+    """A threaded http.server on a free loopback port, for the duration of a with-block."""
+
+    def serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        """Bind the server that answers with `handler` (started by entering the block)."""
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """The server's OpenAI base URL."""
+        return f"http://127.0.0.1:{self.server.server_port}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FakeUpstream(LoopbackHTTP):
     """A llama-server lookalike whose /completion misbehaves as told: hang, stall, garbage, or an error status.
 
     modes: "ok" (tokens 'a' forever, one per `token_gap_s`, ending after `n_tokens`), "hang" (no answer),
@@ -157,23 +180,11 @@ class FakeUpstream:
                 except OSError:
                     fake.disconnected.set()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        """The fake's base URL."""
-        return f"http://127.0.0.1:{self.server.server_port}/v1"
-
-    def __enter__(self) -> FakeUpstream:
-        self.thread.start()
-        return self
+        self.serve(Handler)
 
     def __exit__(self, *exc) -> None:
         self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().__exit__(*exc)
 
 
 @contextlib.contextmanager

@@ -22,9 +22,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
+
+from tests.upstreams import LoopbackHTTP
 
 COMPLETION_FIELDS = frozenset({  # CompletionRequest's fields in 0.33.0: anything else would be ignored with a warning
     "model", "prompt", "echo", "frequency_penalty", "logit_bias", "logprobs", "max_tokens", "n", "presence_penalty",
@@ -49,7 +51,7 @@ def metrics_text(model: str, running: int, waiting: int) -> str:
             f'vllm:num_requests_waiting_by_reason{{{labels},reason="capacity"}} {float(waiting)}\n')
 
 
-class VllmLoopback:
+class VllmLoopback(LoopbackHTTP):
     """`vllm serve` as seen on the wire, generating through a llama-server (`llama_url`, its OpenAI base URL)."""
 
     def __init__(self, llama_url: str, served_name: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -235,19 +237,4 @@ class VllmLoopback:
                 self.wfile.write(f"data: {json.dumps(data)}\n\n".encode())
                 self.wfile.flush()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        """The loopback's OpenAI base URL."""
-        return f"http://127.0.0.1:{self.server.server_port}/v1"
-
-    def __enter__(self) -> VllmLoopback:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
