@@ -111,12 +111,12 @@ def main() -> int:
                             capture_output=True, text=True).stdout.strip().splitlines()[-1]
     servers: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
-        pair = (("minerva", "16"), ("minerva-no-spec", "0"))
+        pair = (("minerva", None), ("minerva-no-spec", "0"))  # None: the default draft limit
         # the process started first has measured slower here, whatever it runs: --no-spec-first flips them
         for name, draft in (pair[::-1] if args.no_spec_first else pair):
             port = free_port()
             url = f"http://127.0.0.1:{port}/v1"
-            env = {**os.environ, "MINERVA_SPECULATION_MAX_DRAFT": draft}
+            env = {**os.environ, **({"MINERVA_SPECULATION_MAX_DRAFT": draft} if draft else {})}
             stack.enter_context(started(
                 [sys.executable, "-m", "minerva.cli", "serve", "--port", str(port), "--threads", str(args.threads),
                  "--slots", "1", "--ctx-size", str(args.ctx), "--models-dir", str(logs / "no-models")],

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     queue_limit: int = 64  # requests waiting per model before 429
     prompt_cache_mb: int = 2048  # host memory per GGUF model for evicted slots' KV cells (0: off)
     disk_prompt_cache_mb: int = Field(default=8192, ge=0)  # disk under data_dir for long prompts' KV cells, all models (0: off)
-    speculation_max_draft: int = Field(default=16, ge=0)  # GGUF: n-gram draft tokens verified per step (0: off)
+    speculation_max_draft: int = Field(default=63, ge=0)  # GGUF: n-gram draft tokens verified per step (0: off)
     speculation_row_cost: float = Field(default=0.55, gt=0, le=1)  # a verified row's cost / a one-token step's
     safetensors_dtype: str = "auto"  # auto: as stored, half precision upcast where float32 is measured faster
     idle_ttl_s: float = 1800.0  # unload a model idle this long (0: never)

@@ -41,7 +41,7 @@ from minerva.engine.llamacpp.prefix_cache import (
 )
 from minerva.engine.llamacpp.sampling import SequenceSampler, token_logprobs
 from minerva.engine.relay import EventOutbox, EventSink
-from minerva.engine.llamacpp.speculation import DEFAULT_ROW_SHARE, NgramDrafter
+from minerva.engine.llamacpp.speculation import DEFAULT_ROW_SHARE, MAX_MATCH, NgramDrafter
 from minerva.engine.sampled import token_event
 from minerva.core.errors import MinervaError, ModelUnavailableError
 
@@ -111,6 +111,14 @@ class _BatchEntry:
     tokens: list[int] = field(default_factory=list)
     logits_index: int = -1  # batch row whose logits this sequence samples from; -1: none
     draft: list[int] = field(default_factory=list)  # tokens[1:], when they are a draft to verify
+
+
+def _earlier_answer(displaced: list[int] | None, prompt: list[int]) -> list[int]:
+    """What a slot held beyond the prompt it shares (an earlier answer to it), with the shared tail before it."""
+    if not displaced:
+        return []
+    shared = common_prefix_length(displaced, prompt)
+    return displaced[max(0, shared - MAX_MATCH):] if shared < len(displaced) else []
 
 
 class TokenBatch:
@@ -309,7 +317,7 @@ class BatchScheduler:
         kept = reused if plan.donor_seq_id == slot.seq_id else 0
         if seq.displaced and len(seq.displaced) - kept >= MIN_SAVE_TOKENS:
             self._save_cells(slot.seq_id, seq.displaced)
-        seq.displaced = None
+        displaced, seq.displaced = seq.displaced, None
         saved, n_saved = self._saved.best(seq.prompt)
         n_saved = min(n_saved, len(seq.prompt) - 1)
         from_disk = self._restore_from_disk(slot.seq_id, seq.prompt, max(reused, n_saved if saved else 0))
@@ -341,7 +349,9 @@ class BatchScheduler:
         if seq.max_tokens <= 0:
             self._finish(seq, GenerationEnd("length", len(seq.prompt), 0, reused))
         elif self._config.max_draft > 0:
-            seq.drafter = NgramDrafter(seq.prompt, self._config.max_draft)
+            donor = plan.donor_seq_id
+            earlier = displaced if donor in (None, slot.seq_id) else self._cache.slots[donor].tokens
+            seq.drafter = NgramDrafter(seq.prompt, self._config.max_draft, _earlier_answer(earlier, seq.prompt))
 
     def _serialise(self, seq_id: int, limit: int | None = None) -> ctypes.Array | None:
         """A sequence's KV cells as bytes (None when empty, larger than `limit` or not readable)."""

@@ -1,56 +1,80 @@
-"""Draft tokens without a draft model: n-gram lookup in the request's own prompt and output.
+"""Draft tokens without a draft model: the continuation of the longest earlier match of the sequence's tail.
 
-The last few tokens of a sequence are looked up where they occurred before (the prompt a file was
-pasted in, an earlier turn, the output so far); the tokens that followed them then are the draft.
-The scheduler decodes the draft in the same batch as the sequence's next token and keeps the drafts
-the sequence's own sampler would have chosen, so output is unchanged (greedy) or keeps the model's
+The sequence's tokens (the prompt a file was pasted in, an earlier turn, the output so far, and what
+the slot held before: a previous answer to the same prompt) are searched for the longest earlier
+occurrence of the sequence's tail; the tokens that followed it then are the draft, extended past the
+end of the history when the match overlaps it (a loop drafts as far as it repeats). The scheduler
+decodes the draft in the same batch as the sequence's next token and keeps the drafts the
+sequence's own sampler would have chosen, so output is unchanged (greedy) or keeps the model's
 distribution (sampled): each kept token *is* a sample of the model given the tokens before it.
 
-How long a draft is follows a cost model: a verified row costs a fixed share of a one-token step (the
-`speculation_row_cost` setting: 0.55 measured on this project's 2-core CPU at short context, 0.8 at
-4k tokens; far less on a GPU), and a draft token is kept with the
-sequence's measured acceptance rate, so the draft length is the one that maximises expected tokens
-per unit of decode time, and none is drafted where drafting would not pay (plain chat on a CPU,
-mostly). Nothing here depends on timing, so the same request drafts the same way every time. A
-sequence that is not drafting probes with a short draft now and then, so a copy that starts later
-is still found.
+How long a draft is follows the match's track record and a cost model. Every emitted token is
+checked against what the current match predicted, drafted or not, and counted by the length of the
+match that predicted it (4-7, 8-15, 16-31, 32+ tokens): long matches in a copy are right
+almost always, short ones in plain chat rarely. A verified row costs a fixed share of a one-token step
+(the `speculation_row_cost` setting: 0.55 measured on this project's 2-core CPU; far less on a
+GPU), so the draft length is the longest of those within 2% of the most expected tokens per unit of
+decode time, the chance of each further token read from its match length's record; none is drafted
+where no length pays (plain chat on a CPU, mostly). Nothing here depends on timing, so the same request on the same
+history drafts the same way every time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-NGRAM_SIZES = (4, 3, 2)
-"""Lookup keys, longest first: a longer match predicts better, a shorter one matches more often."""
-MAX_COOLDOWN = 64  # emitted tokens without drafting after repeated misses, at most
-PROBE_DRAFT = 2  # the draft length of a probe, when the cost model says drafting does not pay
-PROBE_NGRAM = 4  # a probe needs a match this long: in plain chat those are rare, in a copy everywhere
-PROBE_SPACING = 16  # emitted tokens between probes (doubled per failed probe, up to MAX_COOLDOWN)
-PRIOR_ACCEPTED, PRIOR_REJECTED = 1.0, 1.0  # a new sequence starts at even odds: it drafts once a probe is kept
-ACCEPTANCE_DECAY = 0.7  # weight of the past in the acceptance estimate, per verification (a copy ends abruptly)
-DEFAULT_ROW_SHARE = 0.55  # a verified row's cost as a share of a one-token step (this machine's CPU, short context)
+KEY_SIZES = (8, 4)
+"""Index keys, longest first: an 8-token key finds a copy's true source among common short n-grams; a
+match needs 4 tokens at least (shorter ones predict about as often as not, which rarely pays)."""
+CANDIDATES = 8  # latest occurrences of a key measured for the longest match
+MAX_MATCH = 64  # a match is measured up to this many tokens
+MATCH_CLASSES = (4, 8, 16, 32)  # lower bounds of the match lengths whose records are kept apart
+PRIORS = ((1.0, 1.0), (2.0, 1.0), (4.0, 1.0), (16.0, 1.0))  # (kept, missed) before any evidence
+RECORD_DECAY = 0.9  # weight of the past in a class's record, per token it predicted (a copy ends abruptly)
+LONG_DRAFT_SLACK = 0.02  # of lengths this close to the best gain, the longest is drafted
+DEFAULT_ROW_SHARE = 0.55  # a verified row's cost as a share of a one-token step (this machine's CPU)
 
 
-def expected_gain(acceptance: float, length: int, row_share: float) -> float:
-    """Tokens per unit of decode time with a draft of `length`, relative to decoding one token a step.
+def match_class(length: int) -> int:
+    """The index in MATCH_CLASSES of a match of `length` tokens (at least the shortest key)."""
+    index = 0
+    while index + 1 < len(MATCH_CLASSES) and length >= MATCH_CLASSES[index + 1]:
+        index += 1
+    return index
 
-    Draft tokens are kept one after another with probability `acceptance` until the first miss; a
-    step with `length` extra rows costs 1 + row_share * length one-token steps.
+
+def expected_gain(chances: Sequence[float], row_share: float) -> float:
+    """Tokens per unit of decode time with a draft of len(chances) tokens, relative to one token a step.
+
+    Draft token i is kept with probability chances[i] given the ones before it were; a step with
+    `length` extra rows costs 1 + row_share * length one-token steps.
     """
-    a = min(max(acceptance, 0.0), 0.999)
-    kept = a * (1 - a ** length) / (1 - a) if length > 0 else 0.0
-    return (1 + kept) / (1 + row_share * length)
+    kept, run = 0.0, 1.0
+    for chance in chances:
+        run *= chance
+        kept += run
+    return (1 + kept) / (1 + row_share * len(chances))
 
 
-def best_draft_length(acceptance: float, row_share: float, limit: int) -> int:
-    """The draft length with the highest expected gain, or 0 when no length beats plain decoding."""
-    best, best_gain = 0, 1.0
-    for length in range(1, limit + 1):
-        gain = expected_gain(acceptance, length, row_share)
-        if gain > best_gain + 1e-9:
-            best, best_gain = length, gain
-    return best
+def best_draft_length(chances: Sequence[float], row_share: float) -> int:
+    """The longest draft (a prefix of `chances`) whose expected gain is within LONG_DRAFT_SLACK of the best;
+    0 when no length beats plain decoding.
+
+    On a sure copy the gain barely changes with length under a linear row cost, while llama.cpp's
+    CPU kernels compute a batch of 64 rows for about half the per-row cost of a shorter one at long
+    context (measured here): so of nearly equal lengths the longest is drafted.
+    """
+    gains = []
+    kept, run = 0.0, 1.0
+    for length, chance in enumerate(chances, start=1):
+        run *= chance
+        kept += run
+        gains.append((1 + kept) / (1 + row_share * length))
+    best_gain = max(gains, default=1.0)
+    if best_gain <= 1.0 + 1e-9:
+        return 0
+    return max(length for length, gain in enumerate(gains, start=1) if gain >= best_gain * (1 - LONG_DRAFT_SLACK))
 
 
 @dataclass(frozen=True)
@@ -66,64 +90,106 @@ class DraftStats:
 
 
 class NgramDrafter:
-    """One sequence's token history, indexed by its n-grams, and its adaptive draft length."""
+    """One sequence's token history, indexed by its n-grams, the current match and its track record.
 
-    def __init__(self, tokens: Iterable[int] = (), max_draft: int = 16):
+    `reference` is history the sequence did not write (what its slot held before): it is searched
+    like the prompt, but the prompt's tail is matched, never the reference's.
+    """
+
+    def __init__(self, tokens: Iterable[int] = (), max_draft: int = 63, reference: Iterable[int] = ()):
         self._tokens: list[int] = []
-        self._index: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in NGRAM_SIZES}
-        self._matches: dict[int, int | None] = {n: None for n in NGRAM_SIZES}
+        self._index: dict[int, dict[tuple[int, ...], list[int]]] = {n: {} for n in KEY_SIZES}
         self.max_draft = max_draft
-        self._accepted, self._rejected = PRIOR_ACCEPTED, PRIOR_REJECTED  # decayed counts of kept tokens, misses
-        self._misses = 0
-        self._cooldown = 0
+        self._source: int | None = None  # where the tokens following the current match are
+        self._length = 0  # how many tokens the current match holds (at most MAX_MATCH)
+        self._stale = True  # the match must be searched again before it is used
+        self._records = [list(prior) for prior in PRIORS]
         self.stats = DraftStats()
-        self.extend(tokens)
+        self._append(reference)
+        self._own_start = len(self._tokens)
+        self._append(tokens)
+
+    def _append(self, tokens: Iterable[int]) -> None:
+        history = self._tokens
+        for token in tokens:
+            history.append(token)
+            end = len(history)
+            for n, index in self._index.items():
+                if end >= n:
+                    index.setdefault(tuple(history[end - n:end]), []).append(end)
 
     def extend(self, tokens: Iterable[int]) -> None:
-        """Append tokens to the history (the prompt at first, then each emitted token)."""
+        """Append emitted tokens, each first scored against what the current match predicted."""
         for token in tokens:
-            self._tokens.append(token)
-            end = len(self._tokens)
-            for n, index in self._index.items():
-                if end < n:
-                    continue
-                key = tuple(self._tokens[end - n:end])
-                self._matches[n] = index.get(key)  # where this n-gram ended before, if it did
-                index[key] = end
-            if self._cooldown:
-                self._cooldown -= 1
+            self._follow(token)
+            self._append((token,))
 
-    @property
-    def acceptance(self) -> float:
-        """The estimated chance that the next draft token is kept, given the ones before it were."""
-        return self._accepted / (self._accepted + self._rejected)
+    def _follow(self, token: int) -> None:
+        """Score the current match's prediction of `token` in its class's record and move the match on."""
+        self._refresh()
+        if self._source is None:
+            self._stale = True  # the new token may complete a match
+            return
+        kept = self._tokens[self._source] == token
+        record = self._records[match_class(self._length)]
+        record[0] = RECORD_DECAY * record[0] + kept
+        record[1] = RECORD_DECAY * record[1] + (not kept)
+        if kept:
+            self._source += 1
+            self._length = min(self._length + 1, MAX_MATCH)
+        else:
+            self._stale = True
+
+    def _refresh(self) -> None:
+        """Find the longest earlier match of the history's tail (the latest of equals) when the last one broke."""
+        if not self._stale:
+            return
+        self._stale = False
+        self._source, self._length = None, 0
+        history = self._tokens
+        end = len(history)
+        for n in KEY_SIZES:
+            if end - self._own_start < n:
+                continue
+            ends = self._index[n].get(tuple(history[end - n:end]), ())
+            for candidate in reversed(ends[-CANDIDATES - 1:]):
+                if candidate >= end:
+                    continue
+                length = n
+                while (length < MAX_MATCH and candidate - length > 0
+                       and history[candidate - length - 1] == history[end - length - 1]):
+                    length += 1
+                if length > self._length:
+                    self._source, self._length = candidate, length
+            if self._source is not None:
+                return
+
+    def chance(self, length: int) -> float:
+        """The recorded chance that a match of `length` tokens predicts the next token right."""
+        kept, missed = self._records[match_class(length)]
+        return kept / (kept + missed)
 
     def propose(self, limit: int, row_share: float = DEFAULT_ROW_SHARE) -> list[int]:
         """Up to `limit` tokens that followed the longest earlier match of the history's tail, as many as
-        pays at the measured acceptance and row cost (a short probe when none pays)."""
-        if limit <= 0 or self._cooldown:
+        pays at the match's recorded chances and the row cost."""
+        limit = min(limit, self.max_draft)
+        if limit <= 0:
             return []
-        start = next((self._matches[n] for n in NGRAM_SIZES if self._matches[n] is not None), None)
-        if start is None:
+        self._refresh()
+        if self._source is None:
             return []
-        length = best_draft_length(self.acceptance, row_share, min(limit, self.max_draft))
-        if length == 0:
-            if self._matches[PROBE_NGRAM] is None:
-                return []
-            length = min(limit, PROBE_DRAFT)
-            self._cooldown = min(MAX_COOLDOWN, PROBE_SPACING * 2 ** self._misses)  # probes are spaced out
-        return self._tokens[start:start + length]
+        chances = [self.chance(min(self._length + i, MAX_MATCH)) for i in range(limit)]
+        length = best_draft_length(chances, row_share)
+        history, source = self._tokens, self._source
+        if source < self._own_start:  # the reference's end is not followed by the sequence's start
+            return history[source:min(source + length, self._own_start)]
+        draft: list[int] = []
+        for i in range(length):  # past the history's end the draft continues from itself (a loop)
+            at = source + i
+            draft.append(history[at] if at < len(history) else draft[at - len(history)])
+        return draft
 
     def record(self, drafted: int, accepted: int) -> None:
-        """Learn from one verification: the kept run, and a miss unless every draft token was kept."""
-        if drafted <= 0:
-            return
-        self.stats = self.stats.plus(drafted, accepted)
-        self._accepted = ACCEPTANCE_DECAY * self._accepted + accepted
-        self._rejected = ACCEPTANCE_DECAY * self._rejected + (accepted < drafted)
-        if accepted == 0:
-            self._misses += 1
-            self._cooldown = max(self._cooldown, min(MAX_COOLDOWN, 2 ** self._misses))
-        else:
-            self._misses = 0
-            self._cooldown = 0  # a kept probe: draft again at once
+        """Count one verification (the emitted tokens themselves already scored the match)."""
+        if drafted > 0:
+            self.stats = self.stats.plus(drafted, accepted)
