@@ -109,6 +109,15 @@ def test_verifications_are_counted():
     assert (drafter.stats.drafted, drafter.stats.accepted) == (10, 9)
 
 
+def test_a_draft_in_a_shared_step_is_charged_for_every_sequence_waiting_on_it():
+    from minerva.engine.llamacpp.speculation import shared_row_cost
+
+    assert shared_row_cost(0.55, 1) == 0.55
+    assert shared_row_cost(0.55, 4) == 1.0  # the draft rows are a pass of their own that every stream waits for
+    copy = NgramDrafter(list(range(50)) * 3 + list(range(10)), max_draft=32)
+    assert copy.propose(32, shared_row_cost(0.55, 1)) and not copy.propose(32, shared_row_cost(0.55, 2))
+
+
 # ---- the real engine ------------------------------------------------------------------------
 
 llama_cpp = pytest.importorskip("llama_cpp")
@@ -254,7 +263,9 @@ def assert_departs_only_at_a_near_tie(expected: list[TokenEvent], got: list[Toke
 
 @pytest.mark.slow
 def test_speculating_and_plain_streams_share_a_batch():
-    speculating = _engine(16, CHEAP_ROWS)  # cheap rows: drafts are verified beside the other stream's tokens
+    # cheap rows: the copy drafts whenever it decodes alone; beside the story's tokens it does not
+    # (a draft would be a ubatch of its own), so it shares batches plain and drafts again once the story ends
+    speculating = _engine(16, CHEAP_ROWS)
     try:
         greedy = SamplingParams(temperature=0.0, logprobs=True, top_logprobs=2)
         alone = [run(speculating, COPY, 150, greedy), run(speculating, STORY, 100, greedy)]
@@ -265,7 +276,7 @@ def test_speculating_and_plain_streams_share_a_batch():
                                         _tokens(speculating, STORY, 100, greedy))
 
         both = asyncio.run(together())
-        assert speculating.stats().draft_accepted_total - before.draft_accepted_total > 50
+        assert speculating.stats().draft_accepted_total - before.draft_accepted_total > 10
         for expected, got in zip(alone, both):
             assert_departs_only_at_a_near_tie(expected, got)
     finally:

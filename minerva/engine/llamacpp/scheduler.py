@@ -41,7 +41,7 @@ from minerva.engine.llamacpp.prefix_cache import (
 )
 from minerva.engine.llamacpp.sampling import SequenceSampler, token_logprobs
 from minerva.engine.relay import EventOutbox, EventSink
-from minerva.engine.llamacpp.speculation import DEFAULT_ROW_SHARE, MAX_MATCH, NgramDrafter
+from minerva.engine.llamacpp.speculation import DEFAULT_ROW_SHARE, MAX_MATCH, NgramDrafter, shared_row_cost
 from minerva.engine.sampled import token_event
 from minerva.core.errors import MinervaError, ModelUnavailableError
 
@@ -435,10 +435,12 @@ class BatchScheduler:
         entries: list[_BatchEntry] = []
         # llama.cpp splits a multi-stream batch into one ubatch per run of consecutive sequence ids
         # in batch order, so generating tokens go in slot order
-        for seq in sorted(self._active, key=lambda s: s.slot.seq_id):
+        decoding = sorted((s for s in self._active if s.next_token is not None), key=lambda s: s.slot.seq_id)
+        row_cost = shared_row_cost(self._config.draft_row_cost, len(decoding))
+        for seq in decoding:
             if seq.next_token is not None:
                 slot = seq.slot
-                draft = self._draft_for(seq, batch.capacity - batch.size - 1)
+                draft = self._draft_for(seq, batch.capacity - batch.size - 1, row_cost)
                 tokens = [seq.next_token, *draft]
                 row = batch.add(slot.seq_id, tokens, len(slot.tokens), True, logits_all=bool(draft))
                 entries.append(_BatchEntry(seq, tokens, row - len(draft), draft))
@@ -483,12 +485,12 @@ class BatchScheduler:
                     logger.exception("sequence failed while sampling")
                     self._finish(entry.seq, exc)
 
-    def _draft_for(self, seq: Sequence, room: int) -> list[int]:
+    def _draft_for(self, seq: Sequence, room: int, row_cost: float) -> list[int]:
         """Draft tokens to verify after the sequence's next token, within its output and context budget."""
         if seq.drafter is None:
             return []
         limit = min(room, seq.max_tokens - seq.completion_tokens - 1, self._config.n_ctx - len(seq.slot.tokens) - 2)
-        return seq.drafter.propose(limit, self._config.draft_row_cost) if limit > 0 else []
+        return seq.drafter.propose(limit, row_cost) if limit > 0 else []
 
     def _verify(self, seq: Sequence, first_row: int, draft: list[int]) -> None:
         """Sample row by row while the sequence's own sampler picks the draft's tokens; drop the cells of the rest.
