@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_all import ROOT, free_port, model_path, started  # noqa: E402
+from run_all import ROOT, free_port, llama_server_binary, model_path, started  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from minerva.prompting.messages import add_tools_to_system  # noqa: E402
@@ -93,8 +92,7 @@ def main() -> int:
     args = parser.parse_args()
     logs = args.out.parent
     logs.mkdir(parents=True, exist_ok=True)
-    binary = subprocess.run(["bash", str(ROOT / "bench" / "build_llama_server.sh")], check=True,
-                            capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    binary = llama_server_binary()
     bodies = scenarios(args.max_tokens)
     results: dict[str, dict] = {}
     with contextlib.ExitStack() as stack:

@@ -68,6 +68,13 @@ def started(command: list[str], base_url: str, log: Path, env: dict[str, str] | 
                 process.kill()
 
 
+def llama_server_binary() -> str:
+    """The anchor's binary, built once from the vendored llama.cpp (bench/build_llama_server.sh)."""
+    out = subprocess.run(["bash", str(ROOT / "bench" / "build_llama_server.sh")], check=True,
+                         capture_output=True, text=True).stdout
+    return out.strip().splitlines()[-1]
+
+
 def model_path() -> Path:
     """The embedded SmolLM2 GGUF."""
     sys.path.insert(0, str(ROOT))
@@ -170,8 +177,7 @@ def main() -> int:
         if not args.skip_anchor:
             anchor = args.anchor
             if anchor is None:
-                binary = subprocess.run(["bash", str(ROOT / "bench" / "build_llama_server.sh")], check=True,
-                                        capture_output=True, text=True).stdout.strip().splitlines()[-1]
+                binary = llama_server_binary()
                 port = free_port()
                 anchor = f"http://127.0.0.1:{port}/v1"
                 tuned = ["-c", "4096"] if args.defaults else ["-t", str(args.threads), "-np", str(args.slots),

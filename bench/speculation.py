@@ -19,7 +19,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from openai_load import stream_chat  # noqa: E402
-from run_all import ROOT, free_port, model_path, started  # noqa: E402
+from run_all import ROOT, free_port, llama_server_binary, model_path, started  # noqa: E402
 
 SOURCE = ROOT / "minerva" / "engine" / "llamacpp" / "scheduler.py"
 LLAMA_SPEC_TYPES = ("none", "ngram-simple", "ngram-map-k", "ngram-mod", "ngram-cache")
@@ -107,8 +106,7 @@ def main() -> int:
     args = parser.parse_args()
     logs = args.out.parent
     logs.mkdir(parents=True, exist_ok=True)
-    binary = subprocess.run(["bash", str(ROOT / "bench" / "build_llama_server.sh")], check=True,
-                            capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    binary = llama_server_binary()
     servers: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
         pair = (("minerva", None), ("minerva-no-spec", "0"))  # None: the default draft limit

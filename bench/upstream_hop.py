@@ -13,13 +13,12 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_all import ROOT, free_port, model_path, started, throughput_rounds  # noqa: E402
+from run_all import free_port, llama_server_binary, model_path, started, throughput_rounds  # noqa: E402
 
 ALIAS = "smollm2-upstream"
 
@@ -38,8 +37,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    binary = subprocess.run(["bash", str(ROOT / "bench" / "build_llama_server.sh")], check=True,
-                            capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    binary = llama_server_binary()
     upstream_port, front_port = free_port(), free_port()
     upstream = f"http://127.0.0.1:{upstream_port}/v1"
     front = f"http://127.0.0.1:{front_port}/v1"

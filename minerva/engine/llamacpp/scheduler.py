@@ -438,12 +438,10 @@ class BatchScheduler:
         decoding = sorted((s for s in self._active if s.next_token is not None), key=lambda s: s.slot.seq_id)
         row_cost = shared_row_cost(self._config.draft_row_cost, len(decoding))
         for seq in decoding:
-            if seq.next_token is not None:
-                slot = seq.slot
-                draft = self._draft_for(seq, batch.capacity - batch.size - 1, row_cost)
-                tokens = [seq.next_token, *draft]
-                row = batch.add(slot.seq_id, tokens, len(slot.tokens), True, logits_all=bool(draft))
-                entries.append(_BatchEntry(seq, tokens, row - len(draft), draft))
+            draft = self._draft_for(seq, batch.capacity - batch.size - 1, row_cost)
+            tokens = [seq.next_token, *draft]
+            row = batch.add(seq.slot.seq_id, tokens, len(seq.slot.tokens), True, logits_all=bool(draft))
+            entries.append(_BatchEntry(seq, tokens, row - len(draft), draft))
         room = batch.capacity - batch.size
         budget = room if not entries else min(room, self._config.prefill_chunk)
         for seq in self._active:
